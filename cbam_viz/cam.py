@@ -1,0 +1,224 @@
+"""CAM engine: exact Grad-CAM at layer4 from the forward pass alone; every other method and layer via grad-cam.
+
+For a ResNet (global average pooling, then fc), the gradient of logit c w.r.t. layer4 activation A_k(i,j) is
+W_fc[c,k] / (h*w), so Grad-CAM there is ReLU(sum_k W_fc[c,k] A_k) up to a positive scale: heatmaps for any
+number of target classes cost one matrix product, no backward pass. `compare` is the one entry point the app,
+the export CLI and the evaluation call.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pytorch_grad_cam import (
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.utils.image import scale_cam_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torchvision.transforms.v2 import functional as TF
+
+from cbam_viz.attention import AttentionMaps, capture_attention
+from cbam_viz.checkpoints import LoadedModel, ModelMeta
+from cbam_viz.errors import CbamVizError
+from cbam_viz.models import STAGES, forward_features
+
+# name -> (grad-cam class, label shown to people)
+METHODS: dict[str, tuple[type, str]] = {
+    "gradcam": (GradCAM, "Grad-CAM"),
+    "gradcam++": (GradCAMPlusPlus, "Grad-CAM++"),
+    "hirescam": (HiResCAM, "HiResCAM"),
+    "layercam": (LayerCAM, "LayerCAM"),
+    "xgradcam": (XGradCAM, "XGradCAM"),
+    "eigencam": (EigenCAM, "EigenCAM"),
+    "scorecam": (ScoreCAM, "ScoreCAM (slow: one forward pass per channel)"),
+}
+LAYERS = STAGES
+TargetSpec = int | str
+
+
+@dataclass
+class Prediction:
+    """One class with its softmax probability."""
+
+    index: int
+    label: str
+    prob: float
+
+
+@dataclass
+class ModelResult:
+    """One model's answer for one image: top-5, CAMs for the requested targets, attention, layer4 features."""
+
+    meta: ModelMeta
+    probs: np.ndarray  # (num_classes,) softmax
+    targets: list[int]  # class indices the heatmaps explain
+    cams: np.ndarray  # (T, h, w) CAMs at the chosen layer's resolution, ReLU'd, not normalised
+    heatmaps: np.ndarray  # (T, H, W) float32 in [0, 1], at the displayed image's size
+    attention: AttentionMaps | None  # CBAM blocks' maps (None for the baseline)
+    features: torch.Tensor  # (K, h, w) layer4 activations: any other class's Grad-CAM without a rerun
+    method: str
+    layer: str
+
+    def prediction(self, index: int) -> Prediction:
+        return Prediction(index, self.meta.class_names[index], float(self.probs[index]))
+
+    @property
+    def top5(self) -> list[Prediction]:
+        order = np.argsort(-self.probs, kind="stable")[:5]
+        return [self.prediction(int(i)) for i in order]
+
+    @property
+    def target(self) -> Prediction:
+        """The first target: the class the main heatmap explains."""
+        return self.prediction(self.targets[0])
+
+
+@dataclass
+class Comparison:
+    """Both models' results for one image (`image` is the RGB image the heatmaps are sized to)."""
+
+    image: Image.Image
+    results: dict[str, ModelResult]
+
+
+def preprocess(images: Sequence[Image.Image], meta: ModelMeta, size: int | None = None) -> torch.Tensor:
+    """Resize each whole image to size×size (the heatmap then covers all of it) and normalise: (N, 3, S, S)."""
+    size = size or meta.input_size
+    batch = [
+        TF.to_dtype(TF.resize(TF.pil_to_tensor(im), [size, size], antialias=True), torch.float32, scale=True)
+        for im in images
+    ]
+    return TF.normalize(torch.stack(batch), list(meta.mean), list(meta.std))
+
+
+def fit_within(image: Image.Image, max_side: int | None) -> Image.Image:
+    """Downscale (never upscale) so the longer side is at most `max_side`, keeping the aspect ratio."""
+    if not max_side or max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def resolve_target(spec: TargetSpec, meta: ModelMeta, probs: np.ndarray) -> list[int]:
+    """Turn 'top1', 'top5', an index, or a class name into class indices; CbamVizError names the closest classes."""
+    if isinstance(spec, (int, np.integer)) or (isinstance(spec, str) and spec.strip().lstrip("-").isdigit()):
+        index = int(spec)
+        if not 0 <= index < meta.num_classes:
+            raise CbamVizError(f"class index {index} is out of range: this model has {meta.num_classes} classes")
+        return [index]
+    text = str(spec).strip()
+    if text.lower().startswith("top") and text[3:].isdigit():
+        k = min(int(text[3:]), meta.num_classes)
+        return [int(i) for i in np.argsort(-probs, kind="stable")[:k]]
+    lowered = [name.lower() for name in meta.class_names]
+    if text.lower() in lowered:
+        return [lowered.index(text.lower())]
+    close = difflib.get_close_matches(text.lower(), lowered, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(meta.class_names[lowered.index(c)]) for c in close)}?" if close else ""
+    raise CbamVizError(f"unknown target class {text!r} for {meta.display_name}{hint}")
+
+
+@torch.no_grad()
+def fast_gradcam(fc_weight: torch.Tensor, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Exact layer4 Grad-CAM (up to a positive scale): ReLU(sum_k W[c,k] A_k). features (N,K,h,w), targets (N,T)."""
+    weights = fc_weight.float()[targets]  # (N, T, K)
+    return F.relu(torch.einsum("ntk,nkhw->nthw", weights, features.float()))
+
+
+def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Normalise each (h, w) CAM to [0, 1] and resize to size=(W, H) exactly as grad-cam does (then renormalise)."""
+    return scale_cam_image(scale_cam_image(cams, size))
+
+
+def package_cam(loaded: LoadedModel, x: torch.Tensor, targets: list[list[int]], method: str, layer: str) -> np.ndarray:
+    """Any grad-cam method on any stage: (N, T, S, S) normalised CAMs at the input size, one call per target slot."""
+    cam_class = METHODS[method][0]
+    with loaded.lock, cam_class(model=loaded.model, target_layers=[getattr(loaded.model, layer)]) as cam:
+        slots = [
+            cam(input_tensor=x, targets=[ClassifierOutputTarget(t[slot]) for t in targets])
+            for slot in range(len(targets[0]))
+        ]
+    return np.stack(slots, axis=1).astype(np.float32)
+
+
+def run_models(
+    images: Sequence[Image.Image],
+    models: dict[str, LoadedModel],
+    target: TargetSpec | Sequence[TargetSpec] = "top1",
+    method: str = "gradcam",
+    layer: str = "layer4",
+    max_side: int | None = 1024,
+) -> list[Comparison]:
+    """Run every model once on a batch of RGB images; return one Comparison per image."""
+    if method not in METHODS:
+        raise CbamVizError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    if layer not in LAYERS:
+        raise CbamVizError(f"unknown layer {layer!r}; choose one of {', '.join(LAYERS)}")
+    specs = [target] if isinstance(target, (str, int, np.integer)) else list(target)
+    shown = [fit_within(im, max_side) for im in images]
+    per_model = {key: _run_one(loaded, images, shown, specs, method, layer) for key, loaded in models.items()}
+    return [Comparison(im, {key: res[i] for key, res in per_model.items()}) for i, im in enumerate(shown)]
+
+
+def compare(
+    image: Image.Image,
+    models: dict[str, LoadedModel],
+    target: TargetSpec | Sequence[TargetSpec] = "top1",
+    method: str = "gradcam",
+    layer: str = "layer4",
+    max_side: int | None = 1024,
+) -> Comparison:
+    """Both models on one image: top-5 (labels, softmax P), heatmaps for the target(s), attention maps."""
+    return run_models([image], models, target, method, layer, max_side)[0]
+
+
+def _run_one(
+    loaded: LoadedModel,
+    images: Sequence[Image.Image],
+    shown: Sequence[Image.Image],
+    specs: list[TargetSpec],
+    method: str,
+    layer: str,
+) -> list[ModelResult]:
+    model, meta = loaded.model, loaded.meta
+    x = preprocess(images, meta).to(loaded.device)
+    with torch.inference_mode(), capture_attention() as maps:
+        logits, features = forward_features(model, x)
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    targets = [[c for spec in specs for c in resolve_target(spec, meta, p)] for p in probs]
+    if len(set(map(len, targets))) != 1:
+        raise CbamVizError("every image needs the same number of targets")
+    if method == "gradcam" and layer == "layer4":
+        index = torch.tensor(targets, device=features.device)
+        cams = fast_gradcam(model.fc.weight, features, index).cpu().numpy()
+    else:
+        cams = package_cam(loaded, x, targets, method, layer)
+    results = []
+    for i, image in enumerate(shown):
+        results.append(
+            ModelResult(
+                meta=meta,
+                probs=probs[i],
+                targets=targets[i],
+                cams=cams[i],
+                heatmaps=upsample(cams[i], image.size),
+                attention=maps.select(i) if maps.blocks else None,
+                features=features[i].float().cpu(),
+                method=method,
+                layer=layer,
+            )
+        )
+    return results

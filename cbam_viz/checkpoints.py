@@ -1,0 +1,220 @@
+"""Checkpoint formats: our safetensors (+ JSON metadata), torchvision ResNet50 `.pth`, and the official CBAM layout.
+
+Every loader returns a ready `LoadedModel` (eval mode) plus the metadata needed to use it (class names,
+input size, mean/std). `.pth` files are read only with `torch.load(weights_only=True)`: no pickle code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cbam_viz.errors import CbamVizError
+from cbam_viz.fileio import atomic_path
+from cbam_viz.models import ARCHS, build_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FORMAT_TAG = "cbam_viz"
+
+
+class CheckpointError(CbamVizError):
+    """A checkpoint file that cannot be read or does not fit the architecture."""
+
+
+@dataclass
+class ModelMeta:
+    """What a checkpoint says about its model: enough to preprocess, label and describe it."""
+
+    arch: str
+    class_names: list[str]
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    recipe: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def display_name(self) -> str:
+        return "CBAM-ResNet50" if self.arch == "resnet50-cbam" else "ResNet50"
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode on its device, with its metadata; `lock` serialises hook-based (grad-cam) passes."""
+
+    model: nn.Module
+    meta: ModelMeta
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: ModelMeta, dtype: torch.dtype = torch.float16) -> None:
+    """Write the model's state (floating tensors cast to `dtype`) and metadata to a safetensors file, atomically."""
+    state = {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    header = {"format": FORMAT_TAG, "meta": json.dumps({**asdict(meta), "source": ""})}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=header)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", arch: str | None = None) -> LoadedModel:
+    """Load any supported checkpoint format; `arch` is inferred from the keys unless given."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        state, meta = _read_safetensors(path)
+    else:
+        state, meta = _read_torch(path)
+    if arch is not None and arch != meta.arch:
+        raise CheckpointError(f"{path.name} holds a {meta.arch} checkpoint, but {arch} was asked for")
+    meta.source = str(path)
+    model = _build_and_fill(state, meta, path.name)
+    return LoadedModel(model.to(device).eval(), meta)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({err})") from None
+    if header.get("format") == FORMAT_TAG:
+        try:
+            fields = json.loads(header["meta"])
+            fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
+            return state, ModelMeta(**fields)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path.name} has damaged metadata ({err})") from None
+    return _normalise_foreign(state, path.name)
+
+
+def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad or unsafe files
+        reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"{path.name} could not be loaded safely as a PyTorch checkpoint (weights only; "
+            f"code in pickles is never run): {reason}"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path.name} does not contain a state_dict of tensors")
+    return _normalise_foreign(obj, path.name)
+
+
+_OFFICIAL_KEYS = (
+    (re.compile(r"\.cbam\.ChannelGate\.mlp\.1\."), ".cbam.channel.mlp.0."),
+    (re.compile(r"\.cbam\.ChannelGate\.mlp\.3\."), ".cbam.channel.mlp.2."),
+    (re.compile(r"\.cbam\.SpatialGate\.spatial\.conv\."), ".cbam.spatial.conv."),
+    (re.compile(r"\.cbam\.SpatialGate\.spatial\.bn\."), ".cbam.spatial.bn."),
+)
+
+
+def _normalise_foreign(state: dict[str, torch.Tensor], name: str) -> tuple[dict[str, torch.Tensor], ModelMeta]:
+    """Map torchvision / official-CBAM keys to ours and guess the metadata (ImageNet names for 1000 classes)."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    official = any(".cbam.SpatialGate." in k for k in state)
+    if official:
+        mapped = {}
+        for key, value in state.items():
+            for pattern, replacement in _OFFICIAL_KEYS:
+                key = pattern.sub(replacement, key)
+            if key.endswith(".cbam.spatial.conv.weight"):
+                value = value[:, [1, 0]]  # official pooling order is (max, mean); ours is (mean, max)
+            mapped[key] = value
+        state = mapped
+    arch = "resnet50-cbam" if any(".cbam." in k for k in state) else "resnet50"
+    if "fc.weight" not in state:
+        raise CheckpointError(f"{name} has no 'fc.weight': not a ResNet50 classifier checkpoint")
+    num_classes = state["fc.weight"].shape[0]
+    if num_classes == 1000:
+        from torchvision.models import ResNet50_Weights
+
+        names = list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+        dataset = {"name": "ImageNet-1k"}
+    else:
+        names, dataset = [f"class {i}" for i in range(num_classes)], {}
+    fmt = "official CBAM checkpoint" if official else "torchvision-style state_dict"
+    return state, ModelMeta(arch=arch, class_names=names, dataset=dataset, recipe={"format": fmt})
+
+
+def _cbam_shape(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Reduction ratio and spatial kernel size as stored in the checkpoint (defaults when absent)."""
+    hidden = state.get("layer1.0.cbam.channel.mlp.0.weight")
+    conv = state.get("layer1.0.cbam.spatial.conv.weight")
+    shape = {}
+    if hidden is not None:
+        shape["reduction"] = hidden.shape[1] // hidden.shape[0]
+    if conv is not None:
+        shape["kernel_size"] = conv.shape[-1]
+    return shape
+
+
+def _build_and_fill(state: dict[str, torch.Tensor], meta: ModelMeta, name: str) -> nn.Module:
+    if meta.arch not in ARCHS:
+        raise CheckpointError(f"{name}: unknown architecture {meta.arch!r} (expected one of {', '.join(ARCHS)})")
+    fc = state.get("fc.weight")
+    if fc is not None and fc.shape[0] != meta.num_classes:
+        raise CheckpointError(
+            f"{name}: the classifier has {fc.shape[0]} outputs but the metadata names {meta.num_classes} classes"
+        )
+    model = build_model(meta.arch, meta.num_classes, **_cbam_shape(state))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{name} does not fit {meta.arch} with {meta.num_classes} classes:"]
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected)):
+            if keys:
+                parts.append(f"{len(keys)} {label} ({_preview(keys)})")
+        if wrong:
+            shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:3]]
+            parts.append(f"{len(wrong)} shape mismatches ({'; '.join(shapes)})")
+        raise CheckpointError(" ".join(parts))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return model
+
+
+def _preview(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_CHECKPOINTS = {
+    "baseline": WEIGHTS_DIR / "resnet50_baseline.safetensors",
+    "cbam": WEIGHTS_DIR / "resnet50_cbam.safetensors",
+}
+
+
+def load_pair(
+    baseline: str | Path | None = None, cbam: str | Path | None = None, device: str | torch.device = "cpu"
+) -> dict[str, LoadedModel]:
+    """Load the two models to compare, keyed "baseline" and "cbam" (the bundled weights by default)."""
+    paths = {"baseline": baseline or DEFAULT_CHECKPOINTS["baseline"], "cbam": cbam or DEFAULT_CHECKPOINTS["cbam"]}
+    return {key: load_checkpoint(path, device) for key, path in paths.items()}

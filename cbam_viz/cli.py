@@ -1,0 +1,43 @@
+"""Command-line dispatcher: each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cbam_viz.errors import CbamVizError
+
+# subcommand -> (module, one-line help). Modules are imported lazily so `--help` stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("cbam_viz.export", "export Grad-CAM heatmaps of both models for files, folders or globs"),
+    "merge": ("cbam_viz.export_merge", "join the manifests of sharded export runs into one"),
+    "bench": ("cbam_viz.bench", "measure compare/CAM/export speed against bare forward passes"),
+    "data": ("cbam_viz.dataset", "build the stamp-scenes asset pack and its fixed splits"),
+    "train": ("cbam_viz.train", "train ResNet50 or CBAM-ResNet50 on stamp scenes"),
+    "eval": ("cbam_viz.evaluate", "accuracy and Grad-CAM localization of checkpoints on the test split"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per command."""
+    parser = argparse.ArgumentParser(prog="python -m cbam_viz", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the command, and turn CbamVizError into a one-line message and exit code 2."""
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except CbamVizError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny random-weight checkpoints (ResNet50 shapes, few classes, small input) made by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cbam_viz.checkpoints import LoadedModel, ModelMeta, load_pair, save_checkpoint
+from cbam_viz.models import build_model
+
+CLASS_NAMES = ["red square", "green disc", "blue bar", "yellow ring", "white star"]
+INPUT_SIZE = 64
+
+
+def make_checkpoint(path: Path, arch: str, seed: int, input_size: int = INPUT_SIZE) -> Path:
+    """Write a random-weight checkpoint in our safetensors format (spatial BN non-zero so maps vary)."""
+    torch.manual_seed(seed)
+    model = build_model(arch, len(CLASS_NAMES))
+    for module in model.modules():
+        if hasattr(module, "spatial"):
+            torch.nn.init.normal_(module.spatial.bn.weight, 1.0, 0.1)
+    meta = ModelMeta(arch=arch, class_names=list(CLASS_NAMES), input_size=input_size, recipe={"note": "test"})
+    save_checkpoint(path, model.eval(), meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Paths of a tiny baseline and CBAM checkpoint, keyed like `load_pair`."""
+    root = tmp_path_factory.mktemp("weights")
+    return {
+        "baseline": make_checkpoint(root / "baseline.safetensors", "resnet50", 0),
+        "cbam": make_checkpoint(root / "cbam.safetensors", "resnet50-cbam", 1),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_checkpoints) -> dict[str, LoadedModel]:
+    """The tiny checkpoints loaded as the app and CLI load them."""
+    return load_pair(tiny_checkpoints["baseline"], tiny_checkpoints["cbam"])
+
+
+def random_image(seed: int, size: tuple[int, int] = (72, 56)) -> Image.Image:
+    """A deterministic RGB noise image with a bright blob, so CAMs differ between images."""
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((size[1], size[0], 3)) * 120).astype(np.uint8)
+    y, x = rng.integers(0, size[1] - 10), rng.integers(0, size[0] - 10)
+    pixels[y : y + 10, x : x + 10] = 255
+    return Image.fromarray(pixels)
