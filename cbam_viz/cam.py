@@ -161,13 +161,22 @@ def run_models(
     method: str = "gradcam",
     layer: str = "layer4",
     max_side: int | None = 1024,
+    image_targets: Sequence[TargetSpec] | None = None,
 ) -> list[Comparison]:
-    """Run every model once on a batch of RGB images; return one Comparison per image."""
+    """Run every model once on a batch of RGB images; return one Comparison per image.
+
+    `target` applies to every image; `image_targets` (one spec per image, e.g. ground-truth labels) overrides it.
+    """
     if method not in METHODS:
         raise CbamVizError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     if layer not in LAYERS:
         raise CbamVizError(f"unknown layer {layer!r}; choose one of {', '.join(LAYERS)}")
-    specs = [target] if isinstance(target, (str, int, np.integer)) else list(target)
+    if image_targets is not None:
+        if len(image_targets) != len(images):
+            raise CbamVizError(f"{len(image_targets)} targets given for {len(images)} images")
+        specs = [[spec] for spec in image_targets]
+    else:
+        specs = [[target] if isinstance(target, (str, int, np.integer)) else list(target)] * len(images)
     shown = [fit_within(im, max_side) for im in images]
     per_model = {key: _run_one(loaded, images, shown, specs, method, layer) for key, loaded in models.items()}
     return [Comparison(im, {key: res[i] for key, res in per_model.items()}) for i, im in enumerate(shown)]
@@ -189,7 +198,7 @@ def _run_one(
     loaded: LoadedModel,
     images: Sequence[Image.Image],
     shown: Sequence[Image.Image],
-    specs: list[TargetSpec],
+    specs: list[list[TargetSpec]],
     method: str,
     layer: str,
 ) -> list[ModelResult]:
@@ -198,7 +207,7 @@ def _run_one(
     with torch.inference_mode(), capture_attention() as maps:
         logits, features = forward_features(model, x)
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-    targets = [[c for spec in specs for c in resolve_target(spec, meta, p)] for p in probs]
+    targets = [[c for spec in spec_list for c in resolve_target(spec, meta, p)] for spec_list, p in zip(specs, probs)]
     if len(set(map(len, targets))) != 1:
         raise CbamVizError("every image needs the same number of targets")
     if method == "gradcam" and layer == "layer4":
