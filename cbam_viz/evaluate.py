@@ -1,0 +1,143 @@
+"""`python -m cbam_viz eval`: accuracy and Grad-CAM localization of both models on the stamp-scenes test split.
+
+Per model: top-1, top-5, mean softmax P of the true class, pointing game (the CAM of the true class peaks within
+15 px of the object at 224 px, scaled to the scene size), energy in mask, and how often the peak lands on a
+distractor object instead. Prints a side-by-side table, writes JSON and a Sec. 4.3-style figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cbam_viz.cam import run_models
+from cbam_viz.checkpoints import load_pair
+from cbam_viz.errors import CbamVizError
+from cbam_viz.fileio import atomic_write_bytes
+from cbam_viz.metrics import energy_in_mask, peak, pointing_hit
+
+METRICS = (
+    ("top1", "top-1 accuracy"),
+    ("top5", "top-5 accuracy"),
+    ("mean_p_true", "mean P(true class)"),
+    ("pointing", "pointing game (true class)"),
+    ("energy", "energy in mask"),
+    ("on_distractor", "CAM peak on a distractor"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="dataset folder written by `data build`")
+    parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument("--baseline", type=Path, help="baseline checkpoint (default: bundled)")
+    parser.add_argument("--cbam", type=Path, help="CBAM checkpoint (default: bundled)")
+    parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for eval.json and the figure")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--limit", type=int, help="evaluate only the first N scenes (quick checks)")
+    parser.add_argument("--figure-rows", type=int, default=6, help="scenes in the Sec. 4.3-style figure")
+    parser.add_argument("--device", default="cpu")
+
+
+def evaluate(split, models: dict, batch_size: int = 32, limit: int | None = None) -> dict:
+    """Score every model on a materialized split; returns {model key: {metric: value}} plus per-scene records."""
+    count = len(split) if limit is None else min(limit, len(split))
+    if count == 0:
+        raise CbamVizError("the split is empty")
+    sums = {key: dict.fromkeys((name for name, _ in METRICS), 0.0) for key in models}
+    per_scene = []
+    for start in tqdm(range(0, count, batch_size), desc="eval", unit="batch"):
+        scenes = [split[i] for i in range(start, min(start + batch_size, count))]
+        comparisons = run_models(
+            [s.image for s in scenes], models, max_side=None, image_targets=[s.label for s in scenes]
+        )
+        for index, (scene, comparison) in enumerate(zip(scenes, comparisons), start=start):
+            record = {"index": index, "label": scene.label}
+            for key, res in comparison.results.items():
+                scores = scene_scores(res.probs, res.heatmaps[0], scene)
+                for name, value in scores.items():
+                    sums[key][name] += value
+                record[key] = scores
+            per_scene.append(record)
+    summary = {key: {name: value / count for name, value in totals.items()} for key, totals in sums.items()}
+    return {"count": count, "summary": summary, "scenes": per_scene}
+
+
+def scene_scores(probs: np.ndarray, heatmap: np.ndarray, scene) -> dict[str, float]:
+    """All metrics of one model on one scene (heatmap = CAM of the true class, at the scene's size)."""
+    order = np.argsort(-probs)
+    hit = pointing_hit(heatmap, scene.mask)
+    on_distractor = not hit and any(m[peak(heatmap)] for m in scene.distractor_masks)
+    return {
+        "top1": float(order[0] == scene.label),
+        "top5": float(scene.label in order[:5]),
+        "mean_p_true": float(probs[scene.label]),
+        "pointing": float(hit),
+        "energy": energy_in_mask(heatmap, scene.mask),
+        "on_distractor": float(on_distractor),
+    }
+
+
+def format_table(summary: dict[str, dict[str, float]], names: dict[str, str]) -> str:
+    """A side-by-side text table, one column per model."""
+    keys = list(summary)
+    header = f"{'metric':32s}" + "".join(f"{names[k]:>16s}" for k in keys)
+    lines = [header, "-" * len(header)]
+    for metric, label in METRICS:
+        lines.append(f"{label:32s}" + "".join(f"{100 * summary[k][metric]:15.1f}%" for k in keys))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cbam_viz.dataset import MaterializedSplit
+    from cbam_viz.figures import paper_figure
+
+    split = MaterializedSplit(args.data, args.split)
+    models = load_pair(args.baseline, args.cbam, args.device)
+    for key, loaded in models.items():
+        if loaded.meta.class_names != split.class_names:
+            raise CbamVizError(f"the {key} checkpoint's classes do not match the dataset's ({loaded.meta.source})")
+    started = time.perf_counter()
+    with torch.inference_mode():
+        result = evaluate(split, models, args.batch_size, args.limit)
+    names = {key: loaded.meta.display_name for key, loaded in models.items()}
+    print(f"{args.split} split: {result['count']} scenes, dataset {split.pack_hash[:12]}")
+    print(format_table(result["summary"], names))
+    report = {
+        "split": args.split,
+        "count": result["count"],
+        "dataset_hash": split.pack_hash,
+        "checkpoints": {key: loaded.meta.source for key, loaded in models.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+        "summary": result["summary"],
+        "scenes": result["scenes"],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out / "eval.json", json.dumps(report, indent=1).encode())
+    rows = figure_rows(split, result["count"], args.figure_rows)
+    figure = run_models([split[i].image for i in rows], models, max_side=None,
+                        image_targets=[split[i].label for i in rows])
+    paper_figure(
+        [(c.image, c.results["baseline"], c.results["cbam"]) for c in figure],
+        args.out / "sec43_figure.png",
+        args.out / "sec43_figure.pdf",
+    )
+    print(f"wrote {args.out / 'eval.json'} and {args.out / 'sec43_figure.png'}")
+    return 0
+
+
+def figure_rows(split, count: int, rows: int) -> list[int]:
+    """A fixed sample: the first scene of `rows` distinct classes, in split order."""
+    chosen, seen = [], set()
+    for i, label in enumerate(split.labels[:count]):
+        if label not in seen:
+            seen.add(label)
+            chosen.append(i)
+        if len(chosen) == rows:
+            break
+    return chosen

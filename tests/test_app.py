@@ -1,0 +1,411 @@
+"""The web app: the /compare and /paper_figure API through gradio_client, error messages, caching, CLI, logic."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from cbam_viz.cam import compare
+from cbam_viz.errors import CbamVizError
+from cbam_viz.figures import channel_attention_figure, paper_figure
+from cbam_viz.images import ImageError
+from cbam_viz.metrics import box_mask, energy_in_mask, pointing_hit
+from cbam_viz.webapp import LRU, ExportFolder, Studio, normalise_target, parse_box, scores_json
+from tests.conftest import CLASS_NAMES, random_image
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+import app  # noqa: E402
+
+EXAMPLE = ROOT / "examples" / "green_disc.png"
+
+# The README's client example (the lead copies it verbatim; test_readme_snippet also runs README.md's copy).
+README_SNIPPET = '''
+from gradio_client import Client, handle_file
+
+client = Client("http://127.0.0.1:7860/")
+overlay_baseline, overlay_cbam, scores = client.predict(
+    handle_file("examples/green_disc.png"),  # the only required input
+    target="top1",  # or one class name for both models, e.g. "green disc"
+    api_name="/compare",
+)
+for key, result in scores["models"].items():
+    print(result["model"], result["target"]["label"], f"P={result['target']['p']:.3f}", result["localization"])
+print("heatmaps saved at", overlay_baseline, overlay_cbam)
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, tmp_path_factory):
+    """The real page and API, served in this process (so the test can count model passes), 1 MB upload cap."""
+    studio = Studio(tiny_models, examples_dir=ROOT / "examples")
+    exports = ExportFolder(tmp_path_factory.mktemp("exports"))
+    demo = app.build_demo(studio, exports)
+    demo.queue(max_size=16, default_concurrency_limit=2)
+    demo.launch(
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+        show_error=False, max_file_size="1mb", share=False,
+    )
+    yield SimpleNamespace(url=demo.local_url, studio=studio)
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Client:
+    return Client(server.url, verbose=False)
+
+
+@contextlib.contextmanager
+def count_forwards(models):
+    """Count forward passes of every model (a pre-hook on conv1: runs for plain and grad-cam passes alike)."""
+    calls = {"n": 0}
+
+    def hook(module, args):
+        calls["n"] += 1
+
+    handles = [loaded.model.conv1.register_forward_pre_hook(hook) for loaded in models.values()]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def save(image: Image.Image, path: Path) -> str:
+    image.save(path)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------------ the API
+def test_api_has_compare_with_only_the_image_required(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) == {"/compare", "/paper_figure"}  # the page's own events are private
+    params = {p["parameter_name"]: p for p in endpoints["/compare"]["parameters"]}
+    assert list(params) == ["image", "target", "method", "layer", "opacity", "colormap", "box"]
+    assert [name for name, p in params.items() if not p["parameter_has_default"]] == ["image"]
+    assert params["target"]["parameter_default"] == "top1" and params["method"]["parameter_default"] == "gradcam"
+
+
+def test_compare_json_and_overlays(client, tiny_models):
+    base_png, cbam_png, scores = client.predict(handle_file(str(EXAMPLE)), api_name="/compare")
+    reference = compare(Image.open(EXAMPLE).convert("RGB"), tiny_models)
+    assert scores["method"] == "gradcam" and scores["layer"] == "layer4" and scores["target"] == "top1"
+    assert scores["image"]["name"] == "green_disc.png"
+    for key in ("baseline", "cbam"):
+        entry, ref = scores["models"][key], reference.results[key]
+        assert [p["label"] for p in entry["top5"]] == [p.label for p in ref.top5]
+        assert all(set(CLASS_NAMES) >= {p["label"]} for p in entry["top5"])
+        assert sum(p["p"] for p in entry["top5"]) == pytest.approx(1.0, abs=1e-4)  # 5 classes
+        assert entry["target"] == entry["top5"][0]  # each model's own top-1
+        assert entry["target"]["p"] == pytest.approx(ref.target.prob, abs=1e-5)
+        loc = entry["localization"]  # bundled example: its mask is known
+        assert isinstance(loc["pointing_hit"], bool) and 0.0 <= loc["energy_in_mask"] <= 1.0
+    assert scores["localization"] == {"source": "example mask", "box": None}
+    assert "attention_agreement" not in scores["models"]["baseline"]
+    agree = scores["models"]["cbam"]["attention_agreement"]
+    assert agree["block"] == "layer4.2" and -1.0 <= agree["pearson"] <= 1.0
+    for path in (base_png, cbam_png):
+        with Image.open(path) as im:
+            assert im.size == (224, 168)
+            assert np.asarray(im.convert("RGB"), dtype=np.float32).std() > 10  # a real overlay, not blank
+
+
+def test_target_by_class_name_and_box(client, tiny_models, tmp_path):
+    image = random_image(21, (96, 80))
+    path = save(image, tmp_path / "scene.png")
+    _, _, scores = client.predict(handle_file(path), target="green disc", box="10, 12, 60, 50", api_name="/compare")
+    reference = compare(image, tiny_models, target="green disc")
+    mask = box_mask((10, 12, 60, 50), (80, 96))
+    for key in ("baseline", "cbam"):
+        entry, ref = scores["models"][key], reference.results[key]
+        assert entry["target"]["label"] == "green disc" and entry["target"]["index"] == 1
+        assert entry["target"]["p"] == pytest.approx(float(ref.probs[1]), abs=1e-5)
+        heat = ref.heatmaps[0]
+        assert entry["localization"]["pointing_hit"] == pointing_hit(heat, mask)
+        assert entry["localization"]["energy_in_mask"] == pytest.approx(energy_in_mask(heat, mask), abs=1e-5)
+    assert scores["localization"] == {"source": "box", "box": [10.0, 12.0, 60.0, 50.0]}
+    # no mask and no box: localization is unknown, not made up
+    _, _, plain = client.predict(handle_file(path), api_name="/compare")
+    assert plain["localization"] is None and plain["models"]["cbam"]["localization"] is None
+
+
+BAD_UPLOADS = {
+    "empty.png": (b"", "empty.png is empty"),
+    "notes.png": (b"these are not the pixels you are looking for\n" * 3, "notes.png is not an image file"),
+    "cut.png": (None, "cut.png is truncated or corrupt"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_UPLOADS))
+def test_bad_upload_gives_a_clear_message_without_paths(client, tmp_path, name):
+    data, expected = BAD_UPLOADS[name]
+    if data is None:  # a PNG cut in the middle of its pixel data
+        buffer = io.BytesIO()
+        random_image(3, (120, 90)).save(buffer, format="PNG")
+        data = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(AppError) as caught:
+        client.predict(handle_file(str(path)), api_name="/compare")
+    message = str(caught.value)
+    assert expected in message
+    assert "verbose error" not in message and "Traceback" not in message
+    assert not re.search(r"(/tmp|/work|/home|gradio_api|\\\\)", message), message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"target": "blue bat"}, "did you mean 'blue bar'"),
+        ({"target": "top5"}, "one class name or one class index"),
+        ({"method": "magic"}, "unknown CAM method 'magic'"),
+        ({"layer": "layer9"}, "unknown layer 'layer9'"),
+        ({"colormap": "rainbowz"}, "unknown colormap"),
+        ({"box": "1, 2, 3"}, "four numbers"),
+        ({"box": "500, 500, 600, 600"}, "does not cover any pixel"),
+    ],
+)
+def test_bad_controls_give_clear_messages(client, kwargs, expected):
+    with pytest.raises(AppError, match=re.escape(expected)):
+        client.predict(handle_file(str(EXAMPLE)), api_name="/compare", **kwargs)
+
+
+def test_upload_size_cap(server, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(1_200_000))
+    response = httpx.post(f"{server.url}gradio_api/upload", files={"files": ("big.png", big.read_bytes())})
+    assert response.status_code == 413
+    assert app.parse_args([]).max_file_size == "50mb"
+
+
+def test_cached_rerender_does_not_run_the_models(client, server, tiny_models, tmp_path):
+    path = handle_file(save(random_image(31, (80, 64)), tmp_path / "cache.png"))
+    with count_forwards(tiny_models) as calls:
+        client.predict(path, api_name="/compare")
+        assert calls["n"] == 2  # one forward pass per model
+        # rendering-only changes and layer4 Grad-CAM of another class come from the cache
+        client.predict(path, opacity=0.2, colormap="turbo", api_name="/compare")
+        _, _, scores = client.predict(path, target="white star", box="0, 0, 40, 40", api_name="/compare")
+        assert scores["models"]["cbam"]["target"]["label"] == "white star"
+        assert calls["n"] == 2
+        # another method needs the model (once per model), then is cached too
+        client.predict(path, method="hirescam", api_name="/compare")
+        after_method = calls["n"]
+        assert after_method > 2
+        client.predict(path, method="hirescam", opacity=0.9, api_name="/compare")
+        assert calls["n"] == after_method
+
+
+def test_concurrent_requests_match_sequential_results(client, tiny_models, tmp_path):
+    images = [random_image(40 + i, (72, 56)) for i in range(3)]
+    paths = [save(im, tmp_path / f"c{i}.png") for i, im in enumerate(images)]
+    jobs = [client.submit(handle_file(p), target=t, api_name="/compare") for p in paths for t in ("top1", "red square")]
+    results = [job.result(timeout=120) for job in jobs]
+    for (p, t), (_, _, scores) in zip([(p, t) for p in paths for t in ("top1", "red square")], results):
+        reference = compare(images[paths.index(p)], tiny_models, target=t)
+        for key in ("baseline", "cbam"):
+            assert scores["models"][key]["target"]["p"] == pytest.approx(reference.results[key].target.prob, abs=1e-5)
+
+
+def test_paper_figure_endpoint_writes_png_and_pdf(client, tmp_path):
+    extra = save(random_image(50, (64, 48)), tmp_path / "extra.png")
+    preview, files = client.predict(
+        handle_file(str(EXAMPLE)), extra_images=[handle_file(extra)], title="Test", api_name="/paper_figure"
+    )
+    with Image.open(preview) as im:
+        assert im.format == "PNG" and im.width > 600 and im.height > 600  # 2 rows x 3 columns at 200 dpi
+    assert sorted(Path(f).suffix for f in files) == [".pdf", ".png"]
+    pdf = next(f for f in files if f.endswith(".pdf"))
+    assert Path(pdf).read_bytes()[:5] == b"%PDF-"
+    with pytest.raises(AppError, match="add an image first"):
+        client.predict(api_name="/paper_figure")
+
+
+def run_snippet(code: str, url: str) -> str:
+    code = code.replace("http://127.0.0.1:7860/", url)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.chdir(ROOT):
+        exec(compile(code, "<readme>", "exec"), {"__name__": "__readme__"})
+    return out.getvalue()
+
+
+def test_readme_snippet(server):
+    output = run_snippet(README_SNIPPET, server.url)
+    assert re.search(r"^ResNet50 \S.* P=0\.\d{3} \{'pointing_hit'", output, re.MULTILINE), output
+    assert re.search(r"^CBAM-ResNet50 \S.* P=0\.\d{3} ", output, re.MULTILINE), output
+    readme = ROOT / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S) if readme.exists() else []
+    for block in (b for b in blocks if 'api_name="/compare"' in b):
+        assert "P=" in run_snippet(block, server.url)  # README.md's own copy runs too, once it is there
+
+
+# ---------------------------------------------------------------------------------------------- the logic
+def test_studio_fast_retarget_equals_a_fresh_compare(tiny_models):
+    studio = Studio(tiny_models, examples_dir=None)
+    source = studio.open(random_image(60, (70, 50)))
+    studio.analyse(source)
+    assert studio.model_runs == 2
+    for target in ("blue bar", "3", "top1"):
+        analysis = studio.analyse(source, target)
+        reference = compare(source.image, tiny_models, target=normalise_target(target))
+        for key in ("baseline", "cbam"):
+            assert analysis.results[key].targets == reference.results[key].targets
+            np.testing.assert_allclose(analysis.results[key].heatmaps, reference.results[key].heatmaps, atol=1e-6)
+    assert studio.model_runs == 2
+    # the same pixels from a file are the same cache entry
+    assert studio.open(Image.fromarray(np.asarray(source.image))).key == source.key
+
+
+def test_studio_examples_masks_and_uploads(tiny_models, tmp_path):
+    studio = Studio(tiny_models, examples_dir=ROOT / "examples")
+    assert {p.name for p in studio.examples} >= {"green_disc.png", "red_square.png"}
+    assert not any(p.name.endswith(".mask.png") for p in studio.examples)
+    source = studio.open_upload({"path": str(EXAMPLE), "orig_name": "my photo.png"})
+    assert source.name == "my photo.png" and source.key in studio.example_masks
+    mask = studio.example_mask(source, source.image.size)
+    assert mask.shape == (168, 224) and 0.05 < mask.mean() < 0.3
+    assert studio.open_upload(None) is None
+    with pytest.raises(ImageError, match="is a URL"):
+        studio.open_upload({"path": "https://example.com/cat.jpg", "orig_name": "cat.jpg"})
+    buffer = io.BytesIO()
+    random_image(1).save(buffer, format="PNG")
+    import base64
+
+    data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert studio.open_upload({"path": None, "url": data_url}).image.size == (72, 56)
+
+
+def test_box_is_in_original_pixels_for_large_uploads(tiny_models):
+    studio = Studio(tiny_models, examples_dir=None, max_side=256)
+    source = studio.open(random_image(70, (1024, 512)))
+    analysis = studio.analyse(source)
+    assert analysis.image.size == (256, 128) and analysis.scale == 0.25
+    localization = studio.localize(analysis, (0, 0, 512, 256))  # the top-left quarter of the upload
+    assert localization.mask.shape == (128, 256)
+    assert localization.mask[:64, :128].all() and localization.mask.sum() == 64 * 128
+    with pytest.raises(CbamVizError, match="does not cover any pixel of the 1024×512 image"):
+        studio.localize(analysis, (2000, 0, 2100, 10))
+
+
+def test_scores_json_is_plain_json(tiny_models):
+    import json
+
+    studio = Studio(tiny_models, examples_dir=ROOT / "examples")
+    analysis = studio.analyse(studio.open(EXAMPLE))
+    data = scores_json(analysis, studio.localize(analysis))
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_parse_box():
+    assert parse_box("") is None and parse_box(None) is None
+    assert parse_box("(1, 2.5, 30, 40)") == (1.0, 2.5, 30.0, 40.0)
+    assert parse_box("[1 2 3 4]") == (1.0, 2.0, 3.0, 4.0)
+    for bad in ("1, 2, 3", "a, b, c, d", "1, 2, 3, 4, 5", "1, 2, 3, 4 px"):
+        with pytest.raises(CbamVizError):
+            parse_box(bad)
+
+
+def test_lru_runs_each_key_once_under_concurrency():
+    cache = LRU(2)
+    runs = []
+    gate = threading.Event()
+
+    def slow():
+        runs.append(1)
+        gate.wait(2)
+        return "value"
+
+    threads = [threading.Thread(target=cache.get_or_compute, args=("k", slow)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert runs == [1] and cache.get("k") == "value"
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert "k" not in cache and len(cache) == 2
+    weighted = LRU(10, weigh=len, budget=5)  # e.g. decoded uploads, weighed by their pixel count
+    weighted.put("a", "xxx")
+    weighted.put("b", "xxx")
+    assert "a" not in weighted and weighted.get("b") == "xxx"
+
+
+def test_user_errors_escape_html_and_hide_unexpected_errors():
+    import gradio as gr
+
+    @app.user_errors
+    def bad_name():
+        raise ImageError("<img src=x onerror=alert(1)>.png is empty (0 bytes).")
+
+    @app.user_errors
+    def crash():
+        raise RuntimeError("secret /srv/path")
+
+    with pytest.raises(gr.Error) as caught:
+        bad_name()
+    assert "<img" not in caught.value.message and "&lt;img" in caught.value.message
+    with pytest.raises(gr.Error) as caught:
+        crash()
+    assert "/srv" not in caught.value.message and "server log" in caught.value.message
+
+
+def test_paper_figure_and_channel_plot(tiny_models, tmp_path):
+    rows = []
+    for seed in (1, 2):
+        c = compare(random_image(seed, (80, 60)), tiny_models, target="blue bar")
+        rows.append((c.image, c.results["baseline"], c.results["cbam"]))
+    written = paper_figure(rows, tmp_path / "fig.png", tmp_path / "fig.pdf", title="Two scenes")
+    assert written == [tmp_path / "fig.png", tmp_path / "fig.pdf"]
+    with Image.open(tmp_path / "fig.png") as im:
+        assert im.format == "PNG" and im.width > 1000
+    assert (tmp_path / "fig.pdf").read_bytes()[:5] == b"%PDF-"
+    attention = rows[0][2].attention
+    fig = channel_attention_figure(attention, ["layer1.2", "layer2.3", "layer3.5", "layer4.2"])
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 4
+
+
+# ------------------------------------------------------------------------------------------------- the CLI
+def test_cli_defaults_and_environment(monkeypatch):
+    for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "CBAM_VIZ_BASELINE", "CBAM_VIZ_CBAM"):
+        monkeypatch.delenv(name, raising=False)
+    args = app.parse_args([])
+    assert (args.host, args.port, args.baseline, args.cbam, args.device) == ("127.0.0.1", 7860, None, None, "cpu")
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "8123")
+    args = app.parse_args([])
+    assert (args.host, args.port) == ("0.0.0.0", 8123)
+    args = app.parse_args(["--host", "127.0.0.2", "--port", "9000", "--baseline", "a.pth", "--cbam", "b.pth"])
+    assert (args.host, args.port, str(args.baseline), str(args.cbam)) == ("127.0.0.2", 9000, "a.pth", "b.pth")
+
+
+def test_cli_missing_weights_fail_with_a_clear_message(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--baseline", str(tmp_path / "none.safetensors"),
+         "--cbam", str(tmp_path / "none2.safetensors"), "--port", str(free_port())],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "error: checkpoint not found" in proc.stderr and "none.safetensors" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,185 @@
+"""A real browser on the real page: headless Debian Chromium (Playwright's sync API) against `python app.py`.
+
+The app runs as a subprocess with the tiny test checkpoints on a free loopback port. Screenshots of the
+desktop and phone layouts go to $CBAM_VIZ_SCREENSHOTS (e.g. docs/screenshots to refresh the README's), else to a
+temporary folder, so a test run leaves the work tree clean.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import CLASS_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+SCREENSHOTS = Path(os.environ.get("CBAM_VIZ_SCREENSHOTS") or Path(tempfile.gettempdir()) / "cbam_viz_screenshots")
+EXAMPLE = ROOT / "examples" / "green_disc.png"
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def require_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    if os.geteuid() == 0 and os.environ.get("CI"):
+        pytest.fail("/usr/bin/chromium is missing although CI runs as root: `make browser` should have installed it")
+    pytest.skip("Debian chromium is not installed at /usr/bin/chromium: `sudo apt-get install chromium` to run this")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_checkpoints):
+    require_chromium()
+    pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency (requirements-test.txt)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port),
+         "--baseline", str(tiny_checkpoints["baseline"]), "--cbam", str(tiny_checkpoints["cbam"])],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the app did not start within 120 s"
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def fetch_pixels(src: str) -> np.ndarray:
+    with urllib.request.urlopen(src, timeout=30) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"), dtype=np.float32)
+
+
+def wait_for_heatmaps(page) -> None:
+    for key in ("baseline", "cbam"):
+        page.wait_for_selector(f"#heatmap-{key} img[src]", timeout=TIMEOUT_MS)
+        page.wait_for_function(
+            "key => document.querySelector('#caption-' + key).innerText.includes('P = ')", arg=key, timeout=TIMEOUT_MS
+        )
+
+
+def upload(page, path: Path) -> None:
+    page.locator("#input-image input[type=file]").set_input_files(str(path))
+
+
+def test_page_end_to_end(app_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(app_url)
+            page.wait_for_selector("#input-image input[type=file]", state="attached")
+            upload(page, EXAMPLE)
+            wait_for_heatmaps(page)
+
+            # both models' top-5 and the paper-style caption under each heatmap
+            for key in ("baseline", "cbam"):
+                top5 = page.locator(f"#top5-{key}").inner_text()
+                assert sum(name in top5 for name in CLASS_NAMES) == 5 and "%" in top5, top5
+                assert "P = 0." in page.locator(f"#caption-{key}").inner_text()
+
+            # the heatmaps are real images, not blank, and differ between the models
+            srcs = {key: page.locator(f"#heatmap-{key} img").get_attribute("src") for key in ("baseline", "cbam")}
+            pixels = {key: fetch_pixels(src) for key, src in srcs.items()}
+            for key, array in pixels.items():
+                assert array.shape == (168, 224, 3) and array.std() > 10, key
+            assert np.abs(pixels["baseline"] - pixels["cbam"]).mean() > 1
+
+            # CBAM internals: four stage maps and the channel plot
+            for stage in ("layer1", "layer2", "layer3", "layer4"):
+                page.wait_for_selector(f"#attention-{stage} img[src]")
+            page.wait_for_selector("#channel-attention img")
+
+            # localization: the example ships a mask, so both models get pointing-game and energy scores
+            page.get_by_role("tab", name="Localization").click()
+            page.wait_for_function("document.querySelector('#localization').innerText.includes('pointing game')")
+            assert "Pearson r" in page.locator("#localization").inner_text()
+
+            # switch the CAM method: the models rerun and the heatmaps change
+            page.locator("#method input").click()
+            page.get_by_role("option", name="HiResCAM").click()
+            page.wait_for_function(
+                "old => { const img = document.querySelector('#heatmap-baseline img');"
+                " return document.querySelector('#heatmap-baseline').innerText.includes('HiResCAM')"
+                " && img && img.src !== old; }",
+                arg=srcs["baseline"],
+            )
+            assert fetch_pixels(page.locator("#heatmap-cbam img").get_attribute("src")).std() > 10
+
+            # export the paper figure (PNG preview, PNG + PDF downloads)
+            page.get_by_role("tab", name="Paper figure").click()
+            page.locator("#export-figure").click()
+            page.wait_for_selector("#figure-preview img[src]")
+            page.wait_for_function("document.querySelector('#figure-files').innerText.includes('.pdf')")
+            figure = fetch_pixels(page.locator("#figure-preview img").get_attribute("src"))
+            assert figure.shape[1] > 1000 and figure.std() > 10
+
+            page.get_by_role("tab", name="CBAM attention").click()
+            page.wait_for_selector("#channel-attention img")
+            page.evaluate("window.scrollTo(0, 0)")
+            page.screenshot(path=str(SCREENSHOTS / "desktop.png"), full_page=True)
+
+            # a file that is not an image: a clear message on the page, no traceback, no server path
+            bad = tmp_path / "holiday.png"
+            bad.write_bytes(b"GIF89a but not really")
+            upload(page, bad)
+            toast = page.locator(".toast-body").first
+            toast.wait_for()
+            text = toast.inner_text()
+            assert "holiday.png is" in text and "Traceback" not in text and "/tmp" not in text, text
+
+            # a phone-sized screen: everything stacks, nothing overflows sideways
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+            phone.set_default_timeout(TIMEOUT_MS)
+            phone.goto(app_url)
+            phone.wait_for_selector("#input-image input[type=file]", state="attached")
+            upload(phone, EXAMPLE)
+            wait_for_heatmaps(phone)
+            phone.wait_for_selector("#channel-attention img")
+            overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, f"the page is {overflow}px wider than a 390px phone screen"
+            phone.screenshot(path=str(SCREENSHOTS / "phone.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (SCREENSHOTS / "desktop.png").stat().st_size > 10_000
+    assert (SCREENSHOTS / "phone.png").stat().st_size > 10_000
