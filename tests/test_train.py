@@ -1,0 +1,250 @@
+"""`train`: a tiny run's files, exact resume (after a stop and after SIGKILL), 2-process gloo DDP, bad arguments.
+
+Everything runs on a synthetic asset pack made here, at 32 px with batches of 4, on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from cbam_viz import dataset as ds
+from cbam_viz import train as tr
+from cbam_viz.checkpoints import load_checkpoint
+from cbam_viz.errors import CbamVizError
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE = 32
+BATCH = 4
+STEPS = 4
+EVAL_EVERY = 3 * BATCH  # evaluations at steps 3 and 4 (the end)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: steadier timing on a busy machine, and the same float sums in every process we start."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A stamp-scenes folder: a 3-class synthetic pack and a 6-scene val split at 48 px (resized to 32 when used)."""
+    root = tmp_path_factory.mktemp("stamps")
+    ds.make_synthetic_pack(root / "pack", n_classes=3, n_distractors=1, background_size=(96, 72), object_side=48)
+    ds.materialize_split(ds.AssetPack.load(root / "pack"), root, "val", per_class=2, size=48)
+    return root
+
+
+def argv(data: Path, out: Path, *extra: str, steps: int = STEPS) -> list[str]:
+    return [
+        "--arch", "resnet50", "--data", str(data), "--out", str(out), "--steps", str(steps),
+        "--batch-size", str(BATCH), "--size", str(SIZE), "--eval-every", str(EVAL_EVERY), "--workers", "0",
+        "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def parse(args: list[str]):
+    parser = argparse.ArgumentParser()
+    tr.add_arguments(parser)
+    return parser.parse_args(args)
+
+
+def params_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the entries that differ (bitwise)."""
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+@pytest.fixture(scope="module")
+def straight(data_dir, tmp_path_factory) -> tr.TrainResult:
+    """The reference: STEPS steps in one go."""
+    return tr.train(parse(argv(data_dir, tmp_path_factory.mktemp("straight"))))
+
+
+def test_tiny_run_writes_metrics_curves_and_checkpoints(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert tr.main(argv(data_dir, out, "--arch", "resnet50-cbam", "--precision", "bf16")) == 0  # (auto: fp32 on AVX2)
+
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["images"]) for r in rows] == [12, 16]  # every 12 images, and at the end
+    assert [int(r["step"]) for r in rows] == [3, 4]
+    assert set(tr.METRIC_COLUMNS) <= set(rows[0])
+    for row in rows:
+        assert math.isfinite(float(row["train_loss"])) and 0 <= float(row["val_top1"]) <= 100
+        assert float(row["val_top1"]) <= float(row["val_top5"]) and float(row["img_per_s"]) > 0
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    pack = ds.AssetPack.load(data_dir / "pack")
+    for name in ("final.safetensors", "best.safetensors"):
+        loaded = load_checkpoint(out / name)
+        meta = loaded.meta
+        assert meta.arch == "resnet50-cbam" and meta.class_names == pack.class_names and meta.input_size == SIZE
+        assert meta.dataset["pack_hash"] == pack.pack_hash and meta.dataset["version"] == pack.version
+        assert meta.dataset["val_images"] == 6
+        assert 0 <= meta.metrics["val_top1"] <= meta.metrics["val_top5"] <= 100
+        recipe = meta.recipe
+        assert recipe["batch_size"] == BATCH and recipe["steps"] == 4 and recipe["nesterov"] is True
+        assert recipe["label_smoothing"] == 0.1 and recipe["lr"] == pytest.approx(0.1 * BATCH / 32)
+        assert recipe["zero_init_residual"] is True and recipe["torch"] == torch.__version__
+        assert recipe["device"].startswith("cpu") and recipe["wall_time_s"] >= 0 and recipe["precision"] == "bf16"
+        assert 0 < recipe["images_seen"] <= 16
+    final = load_checkpoint(out / "final.safetensors")
+    assert final.meta.recipe["images_seen"] == 16
+    assert final.meta.metrics["val_top1"] == pytest.approx(float(rows[-1]["val_top1"]), rel=1e-5)
+
+    last = torch.load(out / "last.pt", weights_only=True)  # only tensors and primitive containers inside
+    assert last["step"] == 4 and len(last["history"]) == 2
+
+    # Running the finished run again changes nothing and says so quickly.
+    before = (out / "metrics.csv").read_text()
+    assert tr.main(["--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "metrics.csv").read_text() == before
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 4
+
+
+def test_resume_after_stop_is_exact(data_dir, tmp_path, straight):
+    out = tmp_path / "run"
+    first = tr.train(parse(argv(data_dir, out)), stop_after=STEPS // 2)
+    assert not first.completed and first.step == STEPS // 2
+    # Options left out come from last.pt; the data loader may use workers this time: same scenes, same order.
+    second = tr.train(parse(["--out", str(out), "--workers", "1", "--device", "cpu"]))
+    assert second.completed and second.step == STEPS
+    assert params_equal(straight.model.state_dict(), second.model.state_dict()) == []
+    key = ("images", "step", "lr", "train_loss", "train_acc", "val_top1", "val_top5", "val_images")
+    assert [[r[k] for k in key] for r in second.history] == [[r[k] for k in key] for r in straight.history]
+
+
+def test_resume_after_sigkill_is_exact(data_dir, tmp_path, straight):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cbam_viz.train", *argv(data_dir, out, "--checkpoint-every", "0")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # as here: same float sums
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    killed_at = torch.load(out / "last.pt", weights_only=True, mmap=True)["step"]
+    assert 1 <= killed_at < STEPS
+    resumed = tr.train(parse(["--out", str(out), "--device", "cpu"]))
+    assert resumed.completed
+    assert params_equal(straight.model.state_dict(), resumed.model.state_dict()) == []
+
+
+def _ddp_worker(rank: int, init_file: str, data: str, out: str, result_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        result = tr.train(parse(argv(Path(data), Path(out), steps=3)))
+        torch.save(
+            {"state": result.model.state_dict(), "history": result.history, "completed": result.completed},
+            Path(result_dir) / f"rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_stays_in_sync(data_dir, tmp_path):
+    out, results = tmp_path / "run", tmp_path / "results"
+    results.mkdir()
+    torch.multiprocessing.spawn(
+        _ddp_worker, args=(str(tmp_path / "pg"), str(data_dir), str(out), str(results)), nprocs=2, join=True
+    )
+    r0, r1 = (torch.load(results / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["completed"] and r1["completed"]
+    assert params_equal(r0["state"], r1["state"]) == []  # parameters and BN buffers identical on both ranks
+    key = ("images", "step", "lr", "train_loss", "train_acc", "val_top1", "val_top5", "val_images")
+    assert [[r[k] for k in key] for r in r0["history"]] == [[r[k] for k in key] for r in r1["history"]]
+    assert all(math.isfinite(row["train_loss"]) for row in r0["history"])
+    assert r0["history"][-1]["images"] == 3 * BATCH and r0["history"][-1]["val_images"] == 6
+    assert not torch.equal(r0["state"]["fc.weight"], tr.build_model("resnet50", 3).state_dict()["fc.weight"])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.safetensors", "curves.png", "final.safetensors", "last.pt", "metrics.csv",
+    ]  # fmt: skip
+    meta = load_checkpoint(out / "final.safetensors").meta
+    assert meta.recipe["world_size"] == 2 and meta.recipe["batch_size"] == BATCH
+
+
+def test_ranks_read_distinct_slices_of_one_stream():
+    per_rank = [[tr.rank_indices(step, 8, rank, 2) for step in range(3)] for rank in range(2)]
+    assert per_rank[0][1] == [8, 9, 10, 11] and per_rank[1][1] == [12, 13, 14, 15]
+    flat = sorted(i for rank in per_rank for batch in rank for i in batch)
+    assert flat == list(range(24))  # every index once: the same global stream as one process with batch 8
+    assert list(tr.StepBatches(1, 3, 8, 1, 2)) == per_rank[1][1:]
+
+
+def test_schedule_and_weight_decay_groups():
+    steps, warmup = 100, 5
+    factors = [tr.lr_factor(s, steps, warmup) for s in range(steps)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:])) and 0 < factors[-1] < 0.001
+    model = tr.build_model("resnet50-cbam", 3)
+    decay, no_decay = tr.param_groups(model, 5e-5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("weight") and p.ndim > 1 for p in decay["params"])
+    assert {"bn1.weight", "bn1.bias", "fc.bias", "layer1.0.cbam.spatial.bn.weight"} <= {
+        names[id(p)] for p in no_decay["params"]
+    }
+    assert decay["weight_decay"] == 5e-5 and no_decay["weight_decay"] == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--size", "16"], "--size must be at least 32"),
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (["--warmup", "1.5"], "--warmup is a fraction"),
+        (["--label-smoothing", "1"], "--label-smoothing"),
+        (["--workers", "-1"], "--workers must be >= 0"),
+        (["--precision", "fp16"], "needs a CUDA device"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(data_dir, tmp_path, extra, message):
+    with pytest.raises(CbamVizError, match=message):
+        tr.run(parse(argv(data_dir, tmp_path / "run", *extra)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_data_and_run_folders(data_dir, tmp_path, capsys):
+    with pytest.raises(CbamVizError, match="--arch is required"):
+        tr.run(parse(["--data", str(data_dir), "--out", str(tmp_path / "a"), "--device", "cpu"]))
+    with pytest.raises(CbamVizError, match="not a stamp-scenes folder"):
+        tr.run(parse(argv(tmp_path / "nowhere", tmp_path / "b")))
+    if not torch.cuda.is_available():
+        with pytest.raises(CbamVizError, match="no CUDA device"):
+            tr.run(parse(argv(data_dir, tmp_path / "c")[:-2] + ["--device", "cuda"]))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "last.pt").write_bytes(b"not a checkpoint")
+    assert tr.main(argv(data_dir, tmp_path / "d")) == 2
+    assert "cannot be read" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_recipe(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    tr.train(parse(argv(data_dir, out, steps=2)), stop_after=1)
+    assert tr.main(argv(data_dir, out, "--lr", "0.5", steps=2)) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.5 (the run has 0.0125)" in err and "--no-resume" in err
+    # --no-resume starts over (here: to completion) in the same folder.
+    assert tr.main(argv(data_dir, out, "--lr", "0.5", "--no-resume", steps=2)) == 0
+    assert load_checkpoint(out / "final.safetensors").meta.recipe["lr"] == 0.5
