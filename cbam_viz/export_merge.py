@@ -1,0 +1,190 @@
+"""Export manifests: the row schema, the append-only shard journals, and `merge` (journals -> manifest.jsonl/.csv).
+
+Every export run appends its finished rows to its own journal, `manifest.shard-K-of-N.jsonl` (a run without
+sharding is shard 0 of 1), one fsync'd write per image. Journals are never rewritten, so a killed run leaves
+at most a torn last line, which readers skip. `merge` reads every journal in the folder (later journals and
+later lines win for the same image and model), then writes `manifest.jsonl` and `manifest.csv` atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cbam_viz.errors import CbamVizError
+from cbam_viz.fileio import atomic_write_bytes
+
+MANIFEST_JSONL = "manifest.jsonl"
+MANIFEST_CSV = "manifest.csv"
+PART_RE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.jsonl$")
+
+# One row per (image, model). Every row has every column; columns that do not apply are null (empty in CSV).
+COLUMNS: tuple[str, ...] = (
+    "id",  # the image's output name (relative, sanitised, unique): outputs are <model>/<id>.png / .npy
+    "image",  # the input path as found (undecodable bytes shown as \xNN)
+    "model",  # model key: baseline | cbam
+    "arch",  # resnet50 | resnet50-cbam
+    "checkpoint_sha256",  # first 16 hex digits of the checkpoint file's SHA-256
+    "method",
+    "layer",
+    *(f"top{k}_{part}" for k in range(1, 6) for part in ("index", "label", "prob")),
+    "target_index",
+    "target_label",
+    "target_prob",
+    "image_width",  # the decoded input's size
+    "image_height",
+    "overlay",  # path relative to the output folder
+    "overlay_width",
+    "overlay_height",
+    "raw",  # the raw CAM (.npy, float32 (T, h, w)) relative to the output folder, with --save-raw
+    "error",  # why this image has no outputs (unreadable file, ...); null when it succeeded
+    "settings",  # fingerprint of what decides the outputs (method, layer, target, size, look, checkpoint)
+)
+
+
+def part_name(shard: int, count: int) -> str:
+    """The journal file name of shard `shard` of `count`."""
+    return f"manifest.shard-{shard}-of-{count}.jsonl"
+
+
+def done_name(shard: int, count: int) -> str:
+    """The marker a shard writes when it has finished every image of its slice."""
+    return f"manifest.shard-{shard}-of-{count}.done"
+
+
+def row_key(row: dict) -> tuple[str, str]:
+    return (row["id"], row["model"])
+
+
+def read_journal(path: Path) -> list[dict]:
+    """The complete rows of one journal, in order; torn or foreign lines (a killed writer) are skipped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("model"), str):
+            rows.append({column: row.get(column) for column in COLUMNS})
+    return rows
+
+
+def journals(out_dir: Path) -> list[tuple[int, int, Path]]:
+    """(shard, count, path) of every journal in `out_dir`, oldest first (by modification time, then name)."""
+    found = []
+    if out_dir.is_dir():
+        for entry in os.scandir(out_dir):
+            match = PART_RE.match(entry.name)
+            if match and entry.is_file():
+                found.append((entry.stat().st_mtime_ns, entry.name, int(match[1]), int(match[2]), Path(entry.path)))
+    return [(k, n, path) for _, _, k, n, path in sorted(found)]
+
+
+def collect_rows(out_dir: Path) -> dict[tuple[str, str], dict]:
+    """The current row of each (image id, model) over all journals: the newest journal's last row wins."""
+    rows: dict[tuple[str, str], dict] = {}
+    for _, _, path in journals(out_dir):
+        for row in read_journal(path):
+            rows[row_key(row)] = row
+    return rows
+
+
+def sorted_rows(rows: Iterable[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["image"] or "", r["id"], r["model"]))
+
+
+def to_jsonl(rows: Iterable[dict]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+
+
+def to_csv(rows: Iterable[dict]) -> bytes:
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buffer.getvalue().encode("utf-8")
+
+
+@dataclass
+class MergeSummary:
+    rows: int = 0
+    images: int = 0
+    errors: int = 0
+    journals: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def merge(out_dir: str | Path) -> MergeSummary:
+    """Join every journal in `out_dir` into manifest.jsonl and manifest.csv (both written atomically)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise CbamVizError(f"{out_dir} is not a folder")
+    parts = journals(out_dir)
+    if not parts:
+        raise CbamVizError(f"{out_dir} holds no export journals (manifest.shard-K-of-N.jsonl): nothing to merge")
+    rows = sorted_rows(collect_rows(out_dir).values())
+    atomic_write_bytes(out_dir / MANIFEST_JSONL, to_jsonl(rows))
+    atomic_write_bytes(out_dir / MANIFEST_CSV, to_csv(rows))
+    summary = MergeSummary(
+        rows=len(rows),
+        images=len({r["id"] for r in rows}),
+        errors=sum(1 for r in rows if r["error"]),
+        journals=len(parts),
+    )
+    by_count: dict[int, set[int]] = {}
+    for k, n, _ in parts:
+        by_count.setdefault(n, set()).add(k)
+    for n, present in sorted(by_count.items()):
+        missing = sorted(set(range(n)) - present)
+        unfinished = sorted(k for k in present if not (out_dir / done_name(k, n)).exists())
+        if missing:
+            summary.warnings.append(f"no journal yet from shard(s) {', '.join(map(str, missing))} of {n}")
+        if unfinished:
+            summary.warnings.append(f"shard(s) {', '.join(map(str, unfinished))} of {n} have not finished")
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="the --out folder of the export runs (every shard's journal)")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = merge(args.dir)
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"merged {summary.journals} journal(s): {summary.rows} rows for {summary.images} images"
+        f" ({summary.errors} with errors) -> {Path(args.dir) / MANIFEST_CSV}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`merge` on its own, with the CLI's error handling (used by tests and `python -m cbam_viz.export_merge`)."""
+    parser = argparse.ArgumentParser(prog="python -m cbam_viz merge")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except CbamVizError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
