@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from types import ModuleType
 
 from cbam_viz.errors import CbamVizError
 
@@ -37,7 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
-    module = importlib.import_module(COMMANDS[args.command][0])
+    return run_module(importlib.import_module(COMMANDS[args.command][0]), args)
+
+
+def standalone(module: ModuleType, argv: list[str] | None, prog: str, description: str | None = None) -> int:
+    """Run one command module on its own (`python -m cbam_viz.<module>`, torchrun) with the CLI's error handling."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    module.add_arguments(parser)
+    return run_module(module, parser.parse_args(argv))
+
+
+def run_module(module: ModuleType, args: argparse.Namespace) -> int:
+    """Call `module.run(args)`; a CbamVizError becomes a one-line message and exit code 2, Ctrl-C exit code 130."""
     try:
         return int(module.run(args) or 0)
     except CbamVizError as err:

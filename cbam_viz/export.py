@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from cbam_viz.cam import LAYERS, METHODS, ModelResult, resolve_target, run_models
 from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, LoadedModel, load_checkpoint
+from cbam_viz.cli import standalone
 from cbam_viz.errors import CbamVizError
 from cbam_viz.export_merge import (
     COLUMNS,
@@ -669,14 +670,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`export` on its own, with the CLI's error handling (tests; `python -m cbam_viz.export`)."""
-    parser = argparse.ArgumentParser(prog="python -m cbam_viz export")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except CbamVizError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return standalone(sys.modules[__name__], argv, "python -m cbam_viz export")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cbam_viz.cli import standalone
 from cbam_viz.errors import CbamVizError
 from cbam_viz.fileio import atomic_write_bytes
 
@@ -176,14 +177,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`merge` on its own, with the CLI's error handling (used by tests and `python -m cbam_viz.export_merge`)."""
-    parser = argparse.ArgumentParser(prog="python -m cbam_viz merge")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except CbamVizError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return standalone(sys.modules[__name__], argv, "python -m cbam_viz merge")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cbam_viz.checkpoints import IMAGENET_MEAN, IMAGENET_STD, ModelMeta, save_checkpoint
+from cbam_viz.cli import standalone
 from cbam_viz.errors import CbamVizError
 from cbam_viz.fileio import atomic_path, atomic_write_bytes
 from cbam_viz.models import ARCHS, build_model
@@ -944,17 +945,7 @@ def _device_name(device: torch.device) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m cbam_viz.train ...` (also what torchrun runs): like `python -m cbam_viz train ...`."""
-    parser = argparse.ArgumentParser(prog="python -m cbam_viz.train", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except CbamVizError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return standalone(sys.modules[__name__], argv, "python -m cbam_viz.train", __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":
