@@ -16,14 +16,17 @@ CLASS_NAMES = ["red square", "green disc", "blue bar", "yellow ring", "white sta
 INPUT_SIZE = 64
 
 
-def make_checkpoint(path: Path, arch: str, seed: int, input_size: int = INPUT_SIZE) -> Path:
+def make_checkpoint(
+    path: Path, arch: str, seed: int, input_size: int = INPUT_SIZE, class_names: list[str] | None = None
+) -> Path:
     """Write a random-weight checkpoint in our safetensors format (spatial BN non-zero so maps vary)."""
+    class_names = list(class_names or CLASS_NAMES)
     torch.manual_seed(seed)
-    model = build_model(arch, len(CLASS_NAMES))
+    model = build_model(arch, len(class_names))
     for module in model.modules():
         if hasattr(module, "spatial"):
             torch.nn.init.normal_(module.spatial.bn.weight, 1.0, 0.1)
-    meta = ModelMeta(arch=arch, class_names=list(CLASS_NAMES), input_size=input_size, recipe={"note": "test"})
+    meta = ModelMeta(arch=arch, class_names=class_names, input_size=input_size, recipe={"note": "test"})
     save_checkpoint(path, model.eval(), meta)
     return path
 

@@ -1,0 +1,112 @@
+"""Localization metrics on hand-made cases, and the eval command end to end on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cbam_viz.cli import main
+from cbam_viz.dataset import AssetPack, MaterializedSplit, make_synthetic_pack, materialize_split
+from cbam_viz.evaluate import scene_scores
+from cbam_viz.metrics import agreement, box_mask, energy_in_mask, pointing_hit, pointing_tolerance
+from tests.conftest import make_checkpoint
+
+
+def square_mask(shape=(224, 224), box=(100, 100, 140, 140)) -> np.ndarray:
+    return box_mask(box, shape)
+
+
+def peaked(at: tuple[int, int], shape=(224, 224)) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return np.exp(-((yy - at[0]) ** 2 + (xx - at[1]) ** 2) / (2 * 8.0**2))
+
+
+def test_pointing_game_inside_near_and_outside():
+    mask = square_mask()
+    assert pointing_hit(peaked((120, 120)), mask)  # inside
+    assert pointing_hit(peaked((120, 152)), mask)  # 12 px right of the box: within the 15 px tolerance
+    assert not pointing_hit(peaked((120, 160)), mask)  # 20 px away
+    assert not pointing_hit(peaked((20, 20)), mask)
+    assert not pointing_hit(peaked((120, 120)), np.zeros((224, 224), bool))  # no object: never a hit
+
+
+def test_tolerance_scales_with_size():
+    assert pointing_tolerance(224) == 15.0 and pointing_tolerance(112) == 7.5
+    mask = square_mask((112, 112), (50, 50, 70, 70))
+    assert pointing_hit(peaked((60, 76), (112, 112)), mask)  # 6 px away at 112 px (tolerance 7.5)
+    assert not pointing_hit(peaked((60, 80), (112, 112)), mask)  # 10 px away
+
+
+def test_energy_in_mask_values():
+    mask = square_mask()
+    inside = np.zeros((224, 224)); inside[110:130, 110:130] = 1
+    outside = np.zeros((224, 224)); outside[0:20, 0:20] = 1
+    assert energy_in_mask(inside, mask) == 1.0
+    assert energy_in_mask(outside, mask) == 0.0
+    assert energy_in_mask(inside + outside, mask) == pytest.approx(0.5)
+    assert energy_in_mask(np.zeros((224, 224)), mask) == 0.0
+    uniform = np.ones((224, 224))
+    assert energy_in_mask(uniform, mask) == pytest.approx(mask.mean())
+
+
+def test_agreement_is_pearson():
+    a = peaked((50, 50))
+    assert agreement(a, a) == pytest.approx(1.0)
+    assert agreement(a, 1 - a) == pytest.approx(-1.0)
+    assert abs(agreement(peaked((30, 30)), peaked((190, 190)))) < 0.1
+
+
+def test_box_mask_clips_and_orders():
+    mask = box_mask((30, 20, -5, 5), (10, 25))
+    assert mask.shape == (10, 25) and mask[5:10, 0:25].all() and not mask[0:5].any()
+
+
+class FakeScene:
+    def __init__(self, label, mask, distractor_masks):
+        self.label, self.mask, self.distractor_masks = label, mask, distractor_masks
+
+
+def test_scene_scores_counts_distractor_peaks():
+    mask = square_mask()
+    distractor = square_mask(box=(10, 10, 40, 40))
+    scene = FakeScene(2, mask, [distractor])
+    probs = np.array([0.1, 0.2, 0.6, 0.1])
+    on_target = scene_scores(probs, peaked((120, 120)), scene)
+    on_distractor = scene_scores(probs, peaked((25, 25)), scene)
+    assert on_target["top1"] == 1.0 and on_target["pointing"] == 1.0 and on_target["on_distractor"] == 0.0
+    assert on_distractor["pointing"] == 0.0 and on_distractor["on_distractor"] == 1.0
+    assert on_target["mean_p_true"] == pytest.approx(0.6) and on_target["top5"] == 1.0
+
+
+def test_eval_command_end_to_end(tmp_path):
+    pack = AssetPack.load(make_synthetic_pack(tmp_path / "data" / "pack"))
+    materialize_split(pack, tmp_path / "data", "test", per_class=1, size=64)
+    split = MaterializedSplit(tmp_path / "data", "test")
+    checkpoints = {
+        key: make_checkpoint(tmp_path / f"{key}.safetensors", arch, seed, class_names=split.class_names)
+        for key, arch, seed in (("baseline", "resnet50", 0), ("cbam", "resnet50-cbam", 1))
+    }
+    out = tmp_path / "eval"
+    code = main(["eval", "--data", str(tmp_path / "data"), "--baseline", str(checkpoints["baseline"]),
+                 "--cbam", str(checkpoints["cbam"]), "--out", str(out), "--batch-size", "4", "--figure-rows", "3"])
+    assert code == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["count"] == len(split) == len(split.class_names)
+    assert report["dataset_hash"] == split.pack_hash
+    for key in ("baseline", "cbam"):
+        summary = report["summary"][key]
+        assert set(summary) == {"top1", "top5", "mean_p_true", "pointing", "energy", "on_distractor"}
+        assert all(0.0 <= v <= 1.0 for v in summary.values())
+        # the summary is the mean of the per-scene records
+        assert summary["pointing"] == pytest.approx(np.mean([s[key]["pointing"] for s in report["scenes"]]))
+    assert (out / "sec43_figure.png").stat().st_size > 10_000 and (out / "sec43_figure.pdf").exists()
+
+
+def test_eval_refuses_checkpoints_of_other_classes(tmp_path, tiny_checkpoints, capsys):
+    pack = AssetPack.load(make_synthetic_pack(tmp_path / "data" / "pack", n_classes=3))
+    materialize_split(pack, tmp_path / "data", "test", per_class=1, size=64)
+    code = main(["eval", "--data", str(tmp_path / "data"), "--baseline", str(tiny_checkpoints["baseline"]),
+                 "--cbam", str(tiny_checkpoints["cbam"]), "--out", str(tmp_path / "eval")])
+    assert code == 2 and "classes do not match" in capsys.readouterr().err
