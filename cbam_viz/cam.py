@@ -9,6 +9,7 @@ the export CLI and the evaluation call.
 from __future__ import annotations
 
 import difflib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from pytorch_grad_cam import (
     ScoreCAM,
     XGradCAM,
 )
+from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchvision.transforms.v2 import functional as TF
@@ -143,10 +145,37 @@ def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return scale_cam_image(scale_cam_image(cams, size))
 
 
+class OwnThreadActivations(ActivationsAndGradients):
+    """grad-cam's hook recorder, deaf to forwards that other threads run through the shared model meanwhile.
+
+    grad-cam's hooks sit on the model's layer and would record every forward passing through it, so a
+    concurrent request's plain forward would land in this pass's activations and mix two users' heatmaps.
+    """
+
+    def __init__(self, model: torch.nn.Module, target_layers: list[torch.nn.Module]) -> None:
+        self.owner = threading.get_ident()
+        super().__init__(model, target_layers, reshape_transform=None)
+
+    def save_activation(self, module, input, output) -> None:
+        if threading.get_ident() == self.owner:
+            super().save_activation(module, input, output)
+
+    def save_gradient(self, module, input, output) -> None:
+        if threading.get_ident() == self.owner:
+            super().save_gradient(module, input, output)
+
+
 def package_cam(loaded: LoadedModel, x: torch.Tensor, targets: list[list[int]], method: str, layer: str) -> np.ndarray:
-    """Any grad-cam method on any stage: (N, T, S, S) normalised CAMs at the input size, one call per target slot."""
+    """Any grad-cam method on any stage: (N, T, S, S) normalised CAMs at the input size, one call per target slot.
+
+    Passes of grad-cam on one model are serialised (they share its parameters' .grad); the lock-free fast path
+    may run beside them, because the recorder ignores other threads' forwards.
+    """
     cam_class = METHODS[method][0]
-    with loaded.lock, cam_class(model=loaded.model, target_layers=[getattr(loaded.model, layer)]) as cam:
+    target_layers = [getattr(loaded.model, layer)]
+    with loaded.lock, cam_class(model=loaded.model, target_layers=target_layers) as cam:
+        cam.activations_and_grads.release()
+        cam.activations_and_grads = OwnThreadActivations(loaded.model, target_layers)
         slots = [
             cam(input_tensor=x, targets=[ClassifierOutputTarget(t[slot]) for t in targets])
             for slot in range(len(targets[0]))

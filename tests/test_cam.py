@@ -115,3 +115,21 @@ def test_concurrent_compare_gives_each_request_its_own_result(tiny_models):
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_grad_cam_recorder_ignores_other_threads_forwards(tiny_models):
+    """A forward run by another thread while a grad-cam pass holds hooks must not enter that pass's activations."""
+    from cbam_viz.cam import OwnThreadActivations
+
+    loaded = tiny_models["baseline"]
+    x = preprocess([random_image(9, (INPUT_SIZE, INPUT_SIZE))], loaded.meta)
+    recorder = OwnThreadActivations(loaded.model, [loaded.model.layer4])
+    try:
+        other = threading.Thread(target=lambda: loaded.model(x))
+        other.start()
+        other.join()
+        assert recorder.activations == []
+        recorder(x)
+        assert len(recorder.activations) == 1
+    finally:
+        recorder.release()
