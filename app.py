@@ -23,6 +23,7 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 
 import gradio as gr  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 
 from cbam_viz.cam import LAYERS, METHODS  # noqa: E402
 from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, load_pair  # noqa: E402
@@ -98,8 +99,15 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
     method_choices = [(label, key) for key, (_, label) in METHODS.items()]
     target_choices = [("Each model's own top-1", TOP1)] + [(name, name) for name in studio.class_names]
 
+    # Uploads (and the examples, which Gradio copies there) live in Gradio's upload folder; an API call that names
+    # any other server file in its payload is refused (see Studio.open_upload).
+    uploads = (get_upload_folder(),)
+
+    def open_upload(payload: Any):
+        return studio.open_upload(payload, within=uploads)
+
     def require(payload: Any):
-        source = studio.open_upload(payload)
+        source = open_upload(payload)
         if source is None:
             raise CbamVizError("no image yet: upload one, paste one, or pick an example")
         return source
@@ -127,7 +135,7 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
 
     @user_errors
     def update_page(image, target, method, layer, opacity, colormap, box):
-        source = studio.open_upload(image)
+        source = open_upload(image)
         if source is None:
             return empty_page
         method, layer, opacity, colormap = check_controls(method, layer, opacity, colormap)
@@ -152,7 +160,7 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
     @user_errors
     def update_attention(image, block1, block2, block3, block4, opacity, colormap):
         try:
-            source = studio.open_upload(image)
+            source = open_upload(image)
         except ImageError:  # update_page, triggered by the same upload, already says what is wrong with it
             source = None
         if source is None:
@@ -173,11 +181,10 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
     def paper_figure(image=None, extra_images=None, include_current=True, title="", target=TOP1, method="gradcam",
                      layer="layer4", opacity=0.5, colormap="jet"):
         """A Sec. 4.3-style figure (input | ResNet50 CAM | CBAM CAM, P under each) as PNG and PDF."""
-        sources = []
-        if include_current and image:
-            sources.append(require(image))
-        for item in extra_images or []:
-            sources.append(require(item))
+        items = ([image] if include_current and image else []) + list(extra_images or [])
+        if len(items) > MAX_FIGURE_ROWS:  # before decoding any: each may be up to the upload cap
+            raise CbamVizError(f"the figure takes at most {MAX_FIGURE_ROWS} images; {len(items)} were given")
+        sources = [require(item) for item in items]
         png, pdf = export_figure(
             studio, sources, exports.new(), target=target, method=method, layer=layer,
             opacity=opacity, colormap=colormap, title=title,

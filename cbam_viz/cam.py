@@ -180,6 +180,7 @@ def package_cam(loaded: LoadedModel, x: torch.Tensor, targets: list[list[int]], 
             cam(input_tensor=x, targets=[ClassifierOutputTarget(t[slot]) for t in targets])
             for slot in range(len(targets[0]))
         ]
+        loaded.model.zero_grad(set_to_none=True)  # free the parameter gradients grad-cam's backward left behind
     return np.stack(slots, axis=1).astype(np.float32)
 
 

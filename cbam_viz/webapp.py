@@ -270,6 +270,10 @@ class Studio:
         self.max_side = max_side
         self.model_runs = 0  # model passes started (one per model per cache miss)
         self._lock = threading.Lock()
+        # One pass per model at a time. grad-cam's hooks sit on the shared model while its pass runs, and they
+        # record every forward through the target layer, from any thread: a plain forward of another request
+        # running meanwhile would land in that request's activations and mix two users' heatmaps.
+        self._passes = {key: threading.Lock() for key in MODEL_KEYS}
         # decoded uploads at full size: at most 16 of them and about 100 megapixels in all
         self._files = LRU(16, weigh=lambda source: source.image.width * source.image.height, budget=100e6)
         self._base = LRU(image_cache)
@@ -321,8 +325,15 @@ class Studio:
         label = _base_name(name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image"))
         return SourceImage(image, image_key(image), label)
 
-    def open_upload(self, payload: object) -> SourceImage | None:
-        """An image from a Gradio upload payload (FileData dict, path string or data: URL); None when empty."""
+    def open_upload(
+        self, payload: object, *, within: Sequence[str | os.PathLike] | None = None
+    ) -> SourceImage | None:
+        """An image from a Gradio upload payload (FileData dict, path string or data: URL); None when empty.
+
+        `within`: the folders an uploaded file must be in (the server's upload folder). The web app passes it:
+        with preprocess=False Gradio does not check a payload that omits FileData's `meta`, so an API call could
+        otherwise name any file on the server. Such a path is refused without opening (or stat-ing) it.
+        """
         if payload is None or payload == "":
             return None
         if isinstance(payload, (str, os.PathLike)):
@@ -342,6 +353,10 @@ class Studio:
             raise ImageError("no image file was received")
         if re.match(r"^[a-z][a-z0-9+.-]*://", str(path), re.IGNORECASE):
             raise ImageError(f"{label} is a URL: upload the image file itself (the server does not fetch URLs)")
+        if within is not None and not _inside(path, within):
+            raise ImageError(
+                f"{label} was not uploaded to this app: send the image file itself (gradio_client: handle_file)"
+            )
         return self.open(path, name=label)
 
     # --------------------------------------------------------------------------------------------- analysis
@@ -352,10 +367,11 @@ class Studio:
     def _base_entry(self, source: SourceImage) -> tuple[Image.Image, dict[str, ModelResult]]:
         def compute() -> tuple[Image.Image, dict[str, ModelResult]]:
             self._count(len(self.models))
-            comparison = run_models(
-                [source.image], self.models, target=TOP1, method=DEFAULT_METHOD, layer=DEFAULT_LAYER,
-                max_side=self.max_side,
-            )[0]
+            with self._passes["baseline"], self._passes["cbam"]:  # always in this order: no lock cycle
+                comparison = run_models(
+                    [source.image], self.models, target=TOP1, method=DEFAULT_METHOD, layer=DEFAULT_LAYER,
+                    max_side=self.max_side,
+                )[0]
             return comparison.image, comparison.results
 
         return self._base.get_or_compute(source.key, compute)
@@ -399,9 +415,10 @@ class Studio:
                 cams = fast_gradcam(weight, base.features[None], torch.tensor([[index]]))[0].numpy()
                 return dataclasses.replace(base, targets=[index], cams=cams, heatmaps=upsample(cams, shown.size))
             self._count(1)
-            comparison = run_models(
-                [source.image], {key: loaded}, target=index, method=method, layer=layer, max_side=self.max_side
-            )[0]
+            with self._passes[key]:
+                comparison = run_models(
+                    [source.image], {key: loaded}, target=index, method=method, layer=layer, max_side=self.max_side
+                )[0]
             return comparison.results[key]
 
         return self._results.get_or_compute((source.key, key, method, layer, index), compute)
@@ -449,6 +466,19 @@ class Studio:
             for key, res in analysis.results.items()
         }
         return Localization(source, mask, kept_box, scores)
+
+
+def _inside(path: object, folders: Sequence[str | os.PathLike]) -> bool:
+    """Whether `path`, with symlinks and '..' resolved, lies inside one of `folders` (no file is opened)."""
+    try:
+        real = os.path.realpath(os.fspath(path))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OSError):
+        return False
+    for folder in folders:
+        root = os.path.realpath(os.fspath(folder))
+        if real != root and real.startswith(root.rstrip(os.sep) + os.sep):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------- rendering

@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -25,12 +23,8 @@ from cbam_viz.figures import channel_attention_figure, paper_figure
 from cbam_viz.images import ImageError
 from cbam_viz.metrics import box_mask, energy_in_mask, pointing_hit
 from cbam_viz.webapp import LRU, ExportFolder, Studio, normalise_target, parse_box, scores_json
+from tests.apphelpers import ROOT, app, free_port, serve
 from tests.conftest import CLASS_NAMES, random_image
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-import app  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "green_disc.png"
 
@@ -50,25 +44,12 @@ print("heatmaps saved at", overlay_baseline, overlay_cbam)
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_models, tmp_path_factory):
     """The real page and API, served in this process (so the test can count model passes), 1 MB upload cap."""
     studio = Studio(tiny_models, examples_dir=ROOT / "examples")
-    exports = ExportFolder(tmp_path_factory.mktemp("exports"))
-    demo = app.build_demo(studio, exports)
-    demo.queue(max_size=16, default_concurrency_limit=2)
-    demo.launch(
-        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-        show_error=False, max_file_size="1mb", share=False,
-    )
-    yield SimpleNamespace(url=demo.local_url, studio=studio)
-    demo.close()
+    with serve(studio, ExportFolder(tmp_path_factory.mktemp("exports")), max_file_size="1mb") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

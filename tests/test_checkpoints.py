@@ -203,3 +203,10 @@ def test_metadata_is_json_in_header(tmp_path):
     header = json.loads(path.read_bytes()[8 : 8 + header_len])
     assert json.loads(header["__metadata__"]["meta"])["input_size"] == 160
     assert header["fc.weight"]["dtype"] == "F16"
+
+
+def test_saved_checkpoint_is_readable_by_other_users(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); a checkpoint baked into an image must stay world-readable."""
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, build_model("resnet50", 2), ModelMeta("resnet50", ["x", "y"]))
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -341,3 +341,11 @@ def test_kill_9_mid_run_then_rerun_exports_every_image_exactly_once(tmp_path, ti
     for path in output_files(out).values():
         with Image.open(path) as png:
             png.load()  # raises on a truncated file
+
+
+def test_csv_cells_never_start_a_formula():
+    from cbam_viz.export_merge import csv_cell
+
+    assert csv_cell("=1+2.png is not an image") == "'=1+2.png is not an image"
+    assert csv_cell("@SUM(A1)") == "'@SUM(A1)" and csv_cell("-rf.png") == "'-rf.png"
+    assert csv_cell("photo.png") == "photo.png" and csv_cell(0.5) == 0.5 and csv_cell(None) == ""
