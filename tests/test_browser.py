@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.apphelpers import app_process
 from tests.conftest import CLASS_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,41 +41,12 @@ def require_chromium() -> None:
     pytest.skip("Debian chromium is not installed at /usr/bin/chromium: `sudo apt-get install chromium` to run this")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tiny_checkpoints):
     require_chromium()
     pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency (requirements-test.txt)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port),
-         "--baseline", str(tiny_checkpoints["baseline"]), "--cbam", str(tiny_checkpoints["cbam"])],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                urllib.request.urlopen(url, timeout=5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the app did not start within 120 s"
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with app_process("--baseline", str(tiny_checkpoints["baseline"]), "--cbam", str(tiny_checkpoints["cbam"])) as app:
+        yield app.url
 
 
 def fetch_pixels(src: str) -> np.ndarray:
