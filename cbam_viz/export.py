@@ -655,7 +655,14 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     items = discover(args.inputs, exclude=args.out)  # bad inputs fail before the models load
     models = load_models(keys, {"baseline": args.baseline, "cbam": args.cbam}, device, settings)
-    summary = export(items, args.out, models, settings, shard, progress=not args.no_progress)
+    try:
+        summary = export(items, args.out, models, settings, shard, progress=not args.no_progress)
+    except OSError as err:  # disk full, read-only or vanished output folder: finished work stays, none half-written
+        reason = err.strerror or str(err)
+        raise CbamVizError(
+            f"cannot write the export to {args.out}: {reason}. Images already finished are complete and kept; "
+            "nothing half-written is left. Free space or fix the folder, then rerun the same command to continue."
+        ) from None
     for warning in summary.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""

@@ -349,3 +349,35 @@ def test_csv_cells_never_start_a_formula():
     assert csv_cell("=1+2.png is not an image") == "'=1+2.png is not an image"
     assert csv_cell("@SUM(A1)") == "'@SUM(A1)" and csv_cell("-rf.png") == "'-rf.png"
     assert csv_cell("photo.png") == "photo.png" and csv_cell(0.5) == 0.5 and csv_cell(None) == ""
+
+
+@pytest.mark.parametrize(("code", "words"), [(28, "No space left on device"), (30, "Read-only file system")])
+def test_disk_full_or_read_only_output(tmp_path, tiny_checkpoints, tiny_models, monkeypatch, capsys, code, words):
+    """A write failure midway: exit 2 with a clear message, finished images intact, nothing half-written; a rerun
+    completes the rest."""
+    import cbam_viz.fileio as fileio
+
+    src = tmp_path / "in"
+    make_images(src, [f"{i}.png" for i in range(4)])
+    out = tmp_path / "out"
+    real_fsync, calls = fileio.os.fsync, {"n": 0}
+
+    def failing_fsync(fd):
+        calls["n"] += 1
+        if calls["n"] > 3:  # the first image's two overlays go through, then the disk "fills"
+            raise OSError(code, os.strerror(code))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", failing_fsync)
+    assert run_export(src, "--out", out, "--size", "64", "--batch-size", "1", *weights(tiny_checkpoints)) == 2
+    err = capsys.readouterr().err
+    assert words in err and "rerun the same command" in err and "Traceback" not in err
+    assert not list(out.rglob("*.part"))
+    done = {row["overlay"] for row in journal_rows(out) if not row["error"]}
+    for rel in done:
+        Image.open(out / rel).verify()  # every file a manifest row points to is complete
+    assert set(output_files(out)) >= done
+    monkeypatch.setattr(fileio.os, "fsync", real_fsync)
+    assert run_export(src, "--out", out, "--size", "64", "--batch-size", "1", *weights(tiny_checkpoints)) == 0
+    rows = manifest(out)
+    assert len(rows) == 8 and not any(row["error"] for row in rows)
