@@ -17,9 +17,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; outputs (weights, exports) must stay readable by other users
     try:
         yield tmp_path
+        # mkstemp (and writers that replace the file, like safetensors) make 0600: outputs must stay readable
+        os.chmod(tmp_path, 0o644)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
