@@ -270,10 +270,6 @@ class Studio:
         self.max_side = max_side
         self.model_runs = 0  # model passes started (one per model per cache miss)
         self._lock = threading.Lock()
-        # One pass per model at a time. grad-cam's hooks sit on the shared model while its pass runs, and they
-        # record every forward through the target layer, from any thread: a plain forward of another request
-        # running meanwhile would land in that request's activations and mix two users' heatmaps.
-        self._passes = {key: threading.Lock() for key in MODEL_KEYS}
         # decoded uploads at full size: at most 16 of them and about 100 megapixels in all
         self._files = LRU(16, weigh=lambda source: source.image.width * source.image.height, budget=100e6)
         self._base = LRU(image_cache)
@@ -367,11 +363,10 @@ class Studio:
     def _base_entry(self, source: SourceImage) -> tuple[Image.Image, dict[str, ModelResult]]:
         def compute() -> tuple[Image.Image, dict[str, ModelResult]]:
             self._count(len(self.models))
-            with self._passes["baseline"], self._passes["cbam"]:  # always in this order: no lock cycle
-                comparison = run_models(
-                    [source.image], self.models, target=TOP1, method=DEFAULT_METHOD, layer=DEFAULT_LAYER,
-                    max_side=self.max_side,
-                )[0]
+            comparison = run_models(
+                [source.image], self.models, target=TOP1, method=DEFAULT_METHOD, layer=DEFAULT_LAYER,
+                max_side=self.max_side,
+            )[0]
             return comparison.image, comparison.results
 
         return self._base.get_or_compute(source.key, compute)
@@ -415,10 +410,9 @@ class Studio:
                 cams = fast_gradcam(weight, base.features[None], torch.tensor([[index]]))[0].numpy()
                 return dataclasses.replace(base, targets=[index], cams=cams, heatmaps=upsample(cams, shown.size))
             self._count(1)
-            with self._passes[key]:
-                comparison = run_models(
-                    [source.image], {key: loaded}, target=index, method=method, layer=layer, max_side=self.max_side
-                )[0]
+            comparison = run_models(
+                [source.image], {key: loaded}, target=index, method=method, layer=layer, max_side=self.max_side
+            )[0]
             return comparison.results[key]
 
         return self._results.get_or_compute((source.key, key, method, layer, index), compute)

@@ -110,8 +110,8 @@ def test_a_full_queue_answers_clearly_and_the_server_recovers(tiny_models, tmp_p
 
 
 def test_grad_cam_passes_never_record_another_requests_forward_pass(tiny_models):
-    """grad-cam's hooks on the shared model saw every forward pass through its layer, from any thread: without
-    the studio's per-model pass lock, HiResCAM of one image was computed from another request's activations."""
+    """grad-cam's hooks on the shared model saw every forward pass through its layer, from any thread: before
+    cam.OwnThreadActivations, HiResCAM of one image was computed from another request's activations."""
     studio = Studio(tiny_models, examples_dir=None)
     images = [random_image(400 + i, (72, 56)) for i in range(4)]
     stop = threading.Event()
