@@ -19,7 +19,7 @@ from torch import nn
 
 from cbam_viz.errors import CbamVizError
 from cbam_viz.fileio import atomic_path
-from cbam_viz.models import ARCHS, build_model
+from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,7 +50,7 @@ class ModelMeta:
 
     @property
     def display_name(self) -> str:
-        return "CBAM-ResNet50" if self.arch == "resnet50-cbam" else "ResNet50"
+        return DISPLAY_NAMES.get(self.arch, self.arch)
 
 
 @dataclass

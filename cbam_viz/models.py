@@ -12,6 +12,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from cbam_viz.cbam import CBAM
 
 ARCHS = ("resnet50", "resnet50-cbam")
+DISPLAY_NAMES = {"resnet50": "ResNet50", "resnet50-cbam": "CBAM-ResNet50"}
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 

@@ -46,7 +46,7 @@ from cbam_viz.checkpoints import IMAGENET_MEAN, IMAGENET_STD, ModelMeta, save_ch
 from cbam_viz.cli import standalone
 from cbam_viz.errors import CbamVizError
 from cbam_viz.fileio import atomic_path, atomic_write_bytes
-from cbam_viz.models import ARCHS, build_model
+from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model
 
 # The published recipe.
 DEFAULT_IMAGES = 120_000
@@ -800,7 +800,7 @@ def _train(
                 best.update(val_top1=top1, images=row["images"])
                 save_checkpoint(out / BEST, model, meta(row), dtype=torch.float16)
             write_metrics_csv(out / METRICS_CSV, history)
-            write_curves(out / CURVES_PNG, history, f"{_display(cfg.arch)} on stamp scenes, {cfg.size} px")
+            write_curves(out / CURVES_PNG, history, f"{DISPLAY_NAMES[cfg.arch]} on stamp scenes, {cfg.size} px")
             bar.write(
                 f"[{row['images']:,} images] loss {row['train_loss']:.3f}  train-batch {row['train_acc']:.1f}%  "
                 f"val top-1 {top1:.1f}%  top-5 {top5:.1f}%  {row['img_per_s']:.1f} img/s  "
@@ -829,7 +829,7 @@ def _train(
         dynamic_ncols=True,
         disable=not ctx.main,
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
-        desc=_display(cfg.arch),
+        desc=DISPLAY_NAMES[cfg.arch],
     )
     if ctx.main and step:
         bar.write(f"resuming {last_path} at step {step:,} of {cfg.steps:,} ({step * cfg.batch_size:,} images)")
@@ -922,7 +922,7 @@ def _train(
             if not (out / METRICS_CSV).is_file():
                 write_metrics_csv(out / METRICS_CSV, history)
             if not (out / CURVES_PNG).is_file():
-                write_curves(out / CURVES_PNG, history, f"{_display(cfg.arch)} on stamp scenes, {cfg.size} px")
+                write_curves(out / CURVES_PNG, history, f"{DISPLAY_NAMES[cfg.arch]} on stamp scenes, {cfg.size} px")
             print(
                 f"done: {row['images']:,} images, val top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% "
                 f"(best top-1 {best['val_top1']:.2f}%); wrote {out / FINAL} and {out / BEST}",
@@ -931,10 +931,6 @@ def _train(
     if ctx.enabled:
         dist.barrier()
     return TrainResult(model=model, config=cfg, step=step, completed=completed, history=history)
-
-
-def _display(arch: str) -> str:
-    return "CBAM-ResNet50" if arch == "resnet50-cbam" else "ResNet50"
 
 
 def _device_name(device: torch.device) -> str:
