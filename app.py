@@ -232,25 +232,21 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
                     )
             with gr.Column(scale=3, min_width=300):
                 with gr.Row(equal_height=False, elem_id="heatmaps"):
-                    with gr.Column(min_width=150):
-                        heat_base = gr.Image(
-                            label=f"{names['baseline']} · Grad-CAM", interactive=False, elem_id="heatmap-baseline",
-                            buttons=["download", "fullscreen"],
-                        )
-                        cap_base = gr.Markdown(elem_id="caption-baseline", elem_classes=["caption"])
-                        top5_base = gr.Label(
-                            num_top_classes=5, label=f"{names['baseline']} top-5", elem_id="top5-baseline",
-                            show_heading=False,
-                        )
-                    with gr.Column(min_width=150):
-                        heat_cbam = gr.Image(
-                            label=f"{names['cbam']} · Grad-CAM", interactive=False, elem_id="heatmap-cbam",
-                            buttons=["download", "fullscreen"],
-                        )
-                        cap_cbam = gr.Markdown(elem_id="caption-cbam", elem_classes=["caption"])
-                        top5_cbam = gr.Label(
-                            num_top_classes=5, label=f"{names['cbam']} top-5", elem_id="top5-cbam", show_heading=False
-                        )
+                    columns = []
+                    for key in ("baseline", "cbam"):
+                        with gr.Column(min_width=150):
+                            columns.append((
+                                gr.Image(
+                                    label=f"{names[key]} · Grad-CAM", interactive=False, elem_id=f"heatmap-{key}",
+                                    buttons=["download", "fullscreen"],
+                                ),
+                                gr.Markdown(elem_id=f"caption-{key}", elem_classes=["caption"]),
+                                gr.Label(
+                                    num_top_classes=5, label=f"{names[key]} top-5", elem_id=f"top5-{key}",
+                                    show_heading=False,
+                                ),
+                            ))
+                    (heat_base, cap_base, top5_base), (heat_cbam, cap_cbam, top5_cbam) = columns
                 with gr.Accordion("Scores as JSON (what the /compare API returns)", open=False):
                     scores = gr.JSON(label="Scores", elem_id="scores")
         # the controls come after the results, so a phone shows the heatmaps right under the image

@@ -933,6 +933,25 @@ def scene_rng(split: str, index: int, seed: int = 0) -> np.random.Generator:
     return np.random.default_rng([int(seed) % (1 << 64), SPLIT_IDS[split], int(index)])
 
 
+def _place_object(
+    variants: list[Image.Image],
+    scale: tuple[float, float],
+    overflow: float,
+    mirror_ok: bool,
+    size: int,
+    rng: np.random.Generator,
+) -> tuple[int, Image.Image, dict[str, Any], tuple[int, int], np.ndarray]:
+    """Pick a variant, transform it to `scale` x size (longest side) and place it, up to `overflow` of it off the
+    canvas; returns (variant, image, transform info, (x, y), mask). Draws its random numbers in a fixed order."""
+    variant = int(rng.integers(len(variants)))
+    longest = rng.uniform(*scale) * size
+    image, info = _transform_object(variants[variant], longest, rng, mirror_ok)
+    w, h = image.size
+    x = int(round(rng.uniform(-overflow * w, size - (1 - overflow) * w)))
+    y = int(round(rng.uniform(-overflow * h, size - (1 - overflow) * h)))
+    return variant, image, info, (x, y), _placed_mask(np.asarray(image.getchannel("A")), x, y, size)
+
+
 def compose_scene(pack: AssetPack, split: str, index: int, size: int, seed: int = 0) -> Scene:
     """Compose scene `index` of `split` at size x size pixels; identical for the same (split, index, seed)."""
     if size < 16:
@@ -946,34 +965,22 @@ def compose_scene(pack: AssetPack, split: str, index: int, size: int, seed: int 
     bg_i = int(rng.integers(len(backgrounds)))
     canvas, crop_box = _background_crop(pack.background_image(split, bg_i), size, rng)
 
-    # target
-    variants = pack.object_images(label)
-    variant = int(rng.integers(len(variants)))
-    longest = rng.uniform(*TARGET_SCALE) * size
     mirror_ok = bool(pack.manifest["classes"][label].get("mirror", True))
-    target, t_info = _transform_object(variants[variant], longest, rng, mirror_ok)
-    tw, th = target.size
-    tx = int(round(rng.uniform(-TARGET_OVERFLOW * tw, size - (1 - TARGET_OVERFLOW) * tw)))
-    ty = int(round(rng.uniform(-TARGET_OVERFLOW * th, size - (1 - TARGET_OVERFLOW) * th)))
-    t_alpha = np.asarray(target.getchannel("A"))
-    t_mask = _placed_mask(t_alpha, tx, ty, size)
+    variant, target, t_info, (tx, ty), t_mask = _place_object(
+        pack.object_images(label), TARGET_SCALE, TARGET_OVERFLOW, mirror_ok, size, rng
+    )
 
     # distractors
     n_dist = int(rng.integers(0, 3))
     dists = []
     for _ in range(n_dist):
         d_i = int(rng.integers(len(pack.distractor_names)))
-        d_variants = pack.distractor_images(d_i)
-        d_variant = int(rng.integers(len(d_variants)))
-        d_longest = rng.uniform(*DISTRACTOR_SCALE) * size
         d_mirror = bool(pack.manifest["distractors"][d_i].get("mirror", True))
-        d_img, _ = _transform_object(d_variants[d_variant], d_longest, rng, d_mirror)
-        dw, dh = d_img.size
-        dx = int(round(rng.uniform(-DISTRACTOR_OVERFLOW * dw, size - (1 - DISTRACTOR_OVERFLOW) * dw)))
-        dy = int(round(rng.uniform(-DISTRACTOR_OVERFLOW * dh, size - (1 - DISTRACTOR_OVERFLOW) * dh)))
+        _, d_img, _, d_xy, d_mask = _place_object(
+            pack.distractor_images(d_i), DISTRACTOR_SCALE, DISTRACTOR_OVERFLOW, d_mirror, size, rng
+        )
         front = bool(rng.random() < 0.5)
-        dists.append({"id": d_i, "img": d_img, "xy": (dx, dy), "front": front,
-                      "mask": _placed_mask(np.asarray(d_img.getchannel("A")), dx, dy, size)})
+        dists.append({"id": d_i, "img": d_img, "xy": d_xy, "front": front, "mask": d_mask})
 
     # a front distractor must leave >= 70% of the target visible, else it goes behind
     full = int(t_mask.sum())
