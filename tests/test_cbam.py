@@ -48,7 +48,9 @@ def hand_cbam(x: np.ndarray, w1, b1, w2, b2, conv, bn) -> tuple[np.ndarray, np.n
     return mc, ms, f1 * ms[None]
 
 
-def test_cbam_matches_hand_computation():
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "with-grad"])
+def test_cbam_matches_hand_computation(grad):
+    """Both pooling paths (amax for inference, max with indices when a backward follows) give the paper's maps."""
     torch.manual_seed(0)
     module = CBAM(4, reduction=2, kernel_size=3, name="blk").eval()
     with torch.no_grad():
@@ -56,21 +58,42 @@ def test_cbam_matches_hand_computation():
         module.spatial.bn.bias.fill_(-0.2)
         module.spatial.bn.running_mean.fill_(0.1)
         module.spatial.bn.running_var.fill_(0.5)
-    x = torch.randn(1, 4, 3, 5)
-    with torch.no_grad(), capture_attention() as maps:
-        out = module(x)
+    x = torch.randn(1, 4, 3, 5, requires_grad=grad)
+    with torch.set_grad_enabled(grad), capture_attention() as maps:
+        out = module(x).detach()
     mlp0, mlp2 = module.channel.mlp[0], module.channel.mlp[2]
     mc, ms, expected = hand_cbam(
-        x[0].double().numpy(),
+        x[0].detach().double().numpy(),
         mlp0.weight.tolist(), mlp0.bias.tolist(), mlp2.weight.tolist(), mlp2.bias.tolist(),
         module.spatial.conv.weight[0].detach().double().numpy(),
         {"mean": 0.1, "var": 0.5, "weight": 1.3, "bias": -0.2},
     )
-    np.testing.assert_allclose(maps.channel["blk"][0].numpy(), mc, atol=1e-6)
-    np.testing.assert_allclose(maps.spatial["blk"][0].numpy(), ms, atol=1e-6)
+    np.testing.assert_allclose(maps.channel["blk"][0].detach().numpy(), mc, atol=1e-6)
+    np.testing.assert_allclose(maps.spatial["blk"][0].detach().numpy(), ms, atol=1e-6)
     np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-5)
     # the maps really vary: a check that cannot pass with constant 0.5 maps
     assert ms.std() > 1e-3 and mc.std() > 1e-3
+
+
+def test_cbam_gradient_matches_amax_formulation():
+    """The pooling with indices used under autograd gives amax's gradient (inputs without ties)."""
+    torch.manual_seed(0)
+    module = CBAM(8, reduction=2, kernel_size=3).double().train()
+    with torch.no_grad():
+        module.spatial.bn.weight.fill_(1.3)
+    mlp, spatial = module.channel.mlp, module.spatial
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        mc = torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))[:, :, None, None]
+        y = x * mc
+        pooled = torch.cat([y.mean(dim=1, keepdim=True), y.amax(dim=1, keepdim=True)], dim=1)
+        return y * torch.sigmoid(spatial.bn(spatial.conv(pooled)))
+
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    ours = torch.autograd.grad(module(x), x, upstream)[0]
+    expected = torch.autograd.grad(reference(x), x, upstream)[0]
+    torch.testing.assert_close(ours, expected)
 
 
 def test_spatial_map_starts_at_half_as_in_official_init():
