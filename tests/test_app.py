@@ -34,8 +34,8 @@ from gradio_client import Client, handle_file
 
 client = Client("http://127.0.0.1:7860/")
 overlay_baseline, overlay_cbam, scores = client.predict(
-    handle_file("examples/green_disc.png"),  # the only required input
-    target="top1",  # or one class name for both models, e.g. "green disc"
+    handle_file("examples/penguin.jpg"),  # the only required input
+    target="top1",  # or one class name for both models, e.g. "penguin"
     api_name="/compare",
 )
 for key, result in scores["models"].items():
