@@ -248,3 +248,21 @@ def test_resume_refuses_other_recipe(data_dir, tmp_path, capsys):
     # --no-resume starts over (here: to completion) in the same folder.
     assert tr.main(argv(data_dir, out, "--lr", "0.5", "--no-resume", steps=2)) == 0
     assert load_checkpoint(out / "final.safetensors").meta.recipe["lr"] == 0.5
+
+
+def test_background_gap_diagnostic(data_dir, straight, capsys, monkeypatch):
+    """benchmarks/background_gap.py: six accuracy rows per checkpoint; the batch-statistics row leaves BN alone."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import background_gap
+
+    model = straight.model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, labels = tr.scenes_to_tensors(ds.MaterializedSplit(data_dir, "val"), SIZE)
+    assert 0 <= background_gap.top1(model, images, labels, batch_stats=True) <= 100
+    assert params_equal(before, model.state_dict()) == []
+
+    checkpoint = Path(straight.config.out) / tr.BEST
+    monkeypatch.setattr(sys, "argv", ["background_gap", str(checkpoint), "--data", str(data_dir), "--scenes", "4"])
+    background_gap.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert len(rows) == 6 and all(0 <= float(r.split()[-1].rstrip("%")) <= 100 for r in rows), rows
