@@ -71,6 +71,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import Dataset
 
 from cbam_viz.errors import CbamVizError
+from cbam_viz.fileio import sha256_file
 
 PACK_FORMAT = "cbam_viz.stamp_pack"
 PACK_VERSION = "1.0"
@@ -178,14 +179,6 @@ def _progress(iterable: Iterable, enabled: bool, **kwargs: Any) -> Iterable:
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _slug(text: str) -> str:
@@ -796,7 +789,7 @@ class AssetPack:
                 raise CbamVizError(f"asset pack at {root} is corrupt: {rel} is not listed in the manifest's files")
             if not path.is_file():
                 raise CbamVizError(f"asset pack at {root} is incomplete: {rel} is missing; {hint}")
-            if verify and _sha256_file(path) != files[rel]:
+            if verify and sha256_file(path) != files[rel]:
                 raise CbamVizError(f"asset pack at {root} is corrupt: {rel} does not match its sha256; {hint}")
         return cls(root, manifest, pack_hash)
 

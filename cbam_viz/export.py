@@ -47,8 +47,9 @@ from cbam_viz.export_merge import (
     done_name,
     merge,
     part_name,
+    to_jsonl,
 )
-from cbam_viz.fileio import atomic_path, atomic_write_bytes
+from cbam_viz.fileio import atomic_path, atomic_write_bytes, is_within, sha256_file
 from cbam_viz.images import load_image
 from cbam_viz.render import COLORMAPS, _lut_bgr, overlay
 
@@ -132,7 +133,7 @@ def discover(inputs: Sequence[str], exclude: str | os.PathLike | None = None) ->
         elif glob.has_magic(arg):
             root = _glob_root(arg)
             matches = sorted(glob.glob(arg, recursive=True))
-            matches = [m for m in matches if not _inside(os.path.abspath(m), exclude_abs)]
+            matches = [m for m in matches if not is_within(os.path.abspath(m), exclude_abs)]
             if not matches:
                 raise CbamVizError(f"no files match {arg!r}")
             roots.append(root)
@@ -156,10 +157,6 @@ def discover(inputs: Sequence[str], exclude: str | os.PathLike | None = None) ->
     ordered = sorted(items.values(), key=lambda it: it.rel)
     assign_ids(ordered)
     return ordered
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _clean(component: bytes) -> tuple[str, bool]:
@@ -298,14 +295,6 @@ def parse_models(text: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def checkpoint_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 @dataclass
 class ExportModel:
     key: str
@@ -327,7 +316,7 @@ def load_models(keys: Sequence[str], paths: dict[str, str | None], device: torch
         targets = resolve_target(settings.target, loaded.meta, np.zeros(loaded.meta.num_classes, dtype=np.float32))
         if len(targets) != 1:
             raise CbamVizError(f"--target {settings.target!r}: export explains one class; use top1, a name or an index")
-        sha = checkpoint_sha256(path)
+        sha = sha256_file(path)[:16]
         models[key] = ExportModel(key, loaded, sha, settings.fingerprint(key, sha))
     return models
 
@@ -415,7 +404,7 @@ class Journal:
         self._lock = threading.Lock()
 
     def append(self, rows: Sequence[dict]) -> None:
-        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+        data = to_jsonl(rows)
         with self._lock:
             self._file.write(data)
             self._file.flush()
@@ -527,8 +516,9 @@ def export(
             writer.shutdown(wait=True)
         journal.close()
         bar.close()
-    atomic_write_bytes(out / done_name(k, n), json.dumps({"inputs": _inputs_fingerprint(items)}).encode())
-    if n == 1 or _all_shards_done(out, n, _inputs_fingerprint(items)):
+    inputs = _inputs_fingerprint(items)
+    atomic_write_bytes(out / done_name(k, n), json.dumps({"inputs": inputs}).encode())
+    if n == 1 or _all_shards_done(out, n, inputs):
         merged = merge(out)
         summary.merged = True
         summary.warnings += merged.warnings

@@ -55,6 +55,7 @@ from cbam_viz.cam import (
 from cbam_viz.checkpoints import LoadedModel
 from cbam_viz.errors import CbamVizError
 from cbam_viz.figures import paper_figure
+from cbam_viz.fileio import is_within
 from cbam_viz.images import ImageError, load_image
 from cbam_viz.metrics import agreement, box_mask, energy_in_mask, peak, pointing_hit
 from cbam_viz.render import COLORMAPS, overlay
@@ -470,7 +471,7 @@ def _inside(path: object, folders: Sequence[str | os.PathLike]) -> bool:
         return False
     for folder in folders:
         root = os.path.realpath(os.fspath(folder))
-        if real != root and real.startswith(root.rstrip(os.sep) + os.sep):
+        if real != root and is_within(real, root):
             return True
     return False
 
