@@ -36,6 +36,7 @@ from PIL import Image
 
 from cbam_viz.cam import compare, preprocess, run_models
 from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, LoadedModel, ModelMeta, load_checkpoint
+from cbam_viz.cli import standalone
 from cbam_viz.errors import CbamVizError
 from cbam_viz.export import ExportModel, Settings, discover, export, resolve_device
 from cbam_viz.models import build_model
@@ -396,13 +397,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cbam_viz bench")
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except CbamVizError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """`bench` on its own, with the CLI's error handling (tests; `python -m cbam_viz.bench`)."""
+    return standalone(sys.modules[__name__], argv, "python -m cbam_viz bench")
 
 
 if __name__ == "__main__":
