@@ -157,18 +157,14 @@ class AppHandle:
 
     def wait_ready(self, timeout: float = 180.0) -> AppHandle:
         """Return once the app answers HTTP (it loads its models first); raise with its log if it died."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.process.is_alive():
-                raise RuntimeError(f"the app exited with {self.process.exitcode}:\n{self.tail()}")
-            try:
-                urllib.request.urlopen(self.url, timeout=5).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"the app did not answer within {timeout:.0f} s:\n{self.tail()}") from None
-                time.sleep(0.5)
+        from tests.apphelpers import wait_until_up
+
+        try:
+            wait_until_up(self.url, lambda: None if self.process.is_alive() else self.process.exitcode, timeout)
+        except (RuntimeError, TimeoutError) as err:
+            self.stop()
+            raise type(err)(f"{err}:\n{self.tail()}") from None
+        return self
 
     def tail(self, chars: int = 3000) -> str:
         try:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.apphelpers import app_process  # noqa: E402
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, upload, wait_for_heatmaps  # noqa: E402
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, open_with_image  # noqa: E402
 
 
 def main() -> None:
@@ -29,16 +29,8 @@ def main() -> None:
     with app_process() as app, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            for name, options in (
-                ("desktop", {"viewport": {"width": 1280, "height": 900}}),
-                ("phone", {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}),
-            ):
-                page = browser.new_page(**options)
-                page.set_default_timeout(TIMEOUT_MS)
-                page.goto(app.url)
-                page.wait_for_selector("#input-image input[type=file]", state="attached")
-                upload(page, args.image)
-                wait_for_heatmaps(page)
+            for name, options in (("desktop", DESKTOP), ("phone", PHONE)):
+                page = open_with_image(browser, app.url, args.image, options)
                 page.wait_for_selector("#channel-attention img")
                 for stage in ("layer1", "layer2", "layer3", "layer4"):
                     page.wait_for_selector(f"#attention-{stage} img[src]")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,11 +40,13 @@ def serve(studio, exports, *, max_file_size: str = "1mb", queue_size: int = 16, 
         demo.close()
 
 
-def wait_until_up(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
+def wait_until_up(url: str, exit_code: Callable[[], int | None] | None = None, timeout: float = 120.0) -> None:
+    """Return once `url` answers HTTP; RuntimeError if `exit_code()` says the server process ended, TimeoutError."""
     deadline = time.monotonic() + timeout
     while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the app exited with {proc.returncode} before it answered")
+        code = exit_code() if exit_code is not None else None
+        if code is not None:
+            raise RuntimeError(f"the app exited with {code} before it answered")
         try:
             urllib.request.urlopen(url, timeout=5).close()
             return
@@ -72,7 +74,7 @@ def app_process(
     url = f"http://127.0.0.1:{port}/"
     try:
         try:
-            wait_until_up(url, proc, timeout)
+            wait_until_up(url, proc.poll, timeout)
         except (RuntimeError, TimeoutError) as err:
             raise RuntimeError(f"{err}:\n{log.read_text(errors='replace')[-3000:]}") from None
         yield SimpleNamespace(url=url, proc=proc, port=port, log=log)

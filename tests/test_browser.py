@@ -66,6 +66,21 @@ def upload(page, path: Path) -> None:
     page.locator("#input-image input[type=file]").set_input_files(str(path))
 
 
+DESKTOP = {"viewport": {"width": 1280, "height": 900}}
+PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
+
+
+def open_with_image(browser, url: str, image: Path, options: dict):
+    """A new page (`options`: DESKTOP or PHONE) at `url` with `image` uploaded and both heatmaps shown."""
+    page = browser.new_page(**options)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("#input-image input[type=file]", state="attached")
+    upload(page, image)
+    wait_for_heatmaps(page)
+    return page
+
+
 def test_page_end_to_end(app_url, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -73,12 +88,7 @@ def test_page_end_to_end(app_url, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(app_url)
-            page.wait_for_selector("#input-image input[type=file]", state="attached")
-            upload(page, EXAMPLE)
-            wait_for_heatmaps(page)
+            page = open_with_image(browser, app_url, EXAMPLE, DESKTOP)
 
             # both models' top-5 and the paper-style caption under each heatmap
             for key in ("baseline", "cbam"):
@@ -137,12 +147,7 @@ def test_page_end_to_end(app_url, tmp_path):
             assert "holiday.png is" in text and "Traceback" not in text and "/tmp" not in text, text
 
             # a phone-sized screen: everything stacks, nothing overflows sideways
-            phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-            phone.set_default_timeout(TIMEOUT_MS)
-            phone.goto(app_url)
-            phone.wait_for_selector("#input-image input[type=file]", state="attached")
-            upload(phone, EXAMPLE)
-            wait_for_heatmaps(phone)
+            phone = open_with_image(browser, app_url, EXAMPLE, PHONE)
             phone.wait_for_selector("#channel-attention img")
             overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"the page is {overflow}px wider than a 390px phone screen"
