@@ -1,15 +1,16 @@
 """Stamp scenes: real-photo object cutouts pasted on real-photo backgrounds, composed deterministically.
 
-`python -m cbam_viz data build --out DIR` downloads four Debian packages (into `--cache`), selects the
+`python -m cbam_viz data build --out DIR` downloads seven Debian packages (into `--cache`), selects the
 assets, writes a compact versioned **asset pack** to `DIR/pack/` and materializes the fixed `DIR/val/` and
 `DIR/test/` splits. Training scenes are composed on the fly from the pack (`SceneDataset`).
 
-Sources (all GPL-2+, attribution in `pack/LICENSE-ATTRIBUTION.txt`):
+Sources (GPL-2+, CC-BY-4.0, CC-BY-SA-3.0/4.0, CC0; attribution in `pack/LICENSE-ATTRIBUTION.txt`):
 
 * objects: `tuxpaint-stamps-default` (`usr/share/tuxpaint/stamps/**.png`, RGBA cutouts, each with a `.txt`
   whose first line is the English description);
-* backgrounds: `mate-backgrounds` and `plasma-workspace-wallpapers` (`gnome-backgrounds` is downloaded and
-  examined too, but every wallpaper in it is a generated pattern or gradient, so none is used).
+* backgrounds: `mate-backgrounds`, `plasma-workspace-wallpapers`, the photo templates of `tuxpaint-data` and the
+  photos among `lomiri-wallpapers-16.04` / `-20.04` (`gnome-backgrounds` is downloaded and examined too, but every
+  wallpaper in it is a generated pattern or gradient, so none is used).
 
 Which stamps count as real photos (the rule, applied in this order; the first that matches decides):
 
@@ -30,17 +31,21 @@ Which stamps count as real photos (the rule, applied in this order; the first th
    sheets of every candidate).
 
 Stamps that are near-duplicates of each other (same photo, possibly mirrored or rescaled; 16x16 signatures
-within `DUPLICATE_DISTANCE`) form one subject. Each subject gets a readable name from its description
-("A peacock (a male peafowl)." -> "peacock"); subjects with the same name are kept together, numbered
-("flower", "flower 2", ...). About `--distractor-fraction` (default 18%) of the subjects, chosen by name group
-with the seed, become **distractors**: they appear in scenes but are never a class.
+within `DUPLICATE_DISTANCE`) are one subject. Each subject gets a readable name from its description
+("A peacock (a male peafowl)." -> "peacock"); distinct photos with the same name (two strawberry stamps) are
+variants of one class, so there is one class per subject name. About `--distractor-fraction` (default 18%) of
+the photos, chosen by name with the seed, become **distractors**: they appear in scenes but are never a class.
 
-Backgrounds: the photos in `mate-backgrounds`' `nature/` folder and the photographic Plasma wallpapers in
-`PLASMA_PHOTOS` (the others are renders/abstract art), each also required to have texture (luma std >= 10, mean
-|Laplacian| >= 1 on a 400 px thumbnail: rules out flat or gradient images). Each wallpaper goes whole to exactly
-one of train / val / test, so test backgrounds are never seen in training.
+Backgrounds: the photos in `mate-backgrounds`' `nature/` folder, the photographic Plasma wallpapers in
+`PLASMA_PHOTOS` and Lomiri wallpapers in `LOMIRI_PHOTOS` (the others are renders/abstract art, checked by eye on
+contact sheets), and Tux Paint's photo templates except `TUXPAINT_TEMPLATES_EXCLUDED` (photos whose main subject
+is a stamp subject). Lomiri photos whose main subject is a stamp subject (dogs, a bird, paintbrushes) are left out
+for the same reason. Each must also have texture (luma std >= 10, mean |Laplacian| >= 1 on a 400 px thumbnail:
+rules out flat or gradient images). Each wallpaper goes whole to exactly one of train / val / test, so test
+backgrounds are never seen in training.
 
-Scenes (`compose_scene`): a random-resized crop of a background of the split; 0-2 distractors; one target
+Scenes (`compose_scene`, `SCENE_VERSION`): a random-resized crop (25-100% of the short side) of a background of
+the split with brightness / contrast / saturation jitter and a random mirror; 0-2 distractors; one target
 object scaled so its longest side is 20-70% of the image side, mirrored (unless its `.dat` says `nomirror`),
 rotated +-15 degrees, with brightness / contrast / saturation jitter, placed at most 10% outside each border.
 A distractor may be drawn in front of the target only if at least 70% of the target stays visible; otherwise it
@@ -74,7 +79,8 @@ from cbam_viz.errors import CbamVizError
 from cbam_viz.fileio import sha256_file
 
 PACK_FORMAT = "cbam_viz.stamp_pack"
-PACK_VERSION = "1.0"
+PACK_VERSION = "1.1"
+SCENE_VERSION = 2  # bumped whenever compose_scene draws different pixels for the same (pack, split, index, seed)
 SPLITS = ("train", "val", "test")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
@@ -83,6 +89,9 @@ DEBIAN_PACKAGES = (
     "mate-backgrounds",
     "gnome-backgrounds",
     "plasma-workspace-wallpapers",
+    "tuxpaint-data",
+    "lomiri-wallpapers-16.04",
+    "lomiri-wallpapers-20.04",
 )
 STAMPS_SUBDIR = "usr/share/tuxpaint/stamps"
 
@@ -146,6 +155,27 @@ PLASMA_PHOTOS = (
 )
 MATE_PHOTO_DIR = "usr/share/backgrounds/mate/nature"
 PLASMA_DIR = "usr/share/wallpapers"
+TUXPAINT_TEMPLATES_DIR = "usr/share/tuxpaint/templates"
+TUXPAINT_TEMPLATES_EXCLUDED = frozenset({"sheep"})  # a flock of sheep: "sheep" is a stamp subject
+LOMIRI_DIR = "usr/share/backgrounds"
+# Photos only (the rest are renders); friends (dogs), free (a toy bird), Kleiber (a bird) and Picture_1A
+# (paintbrushes) are photos of stamp subjects and are left out.
+LOMIRI_PHOTOS = {
+    "lomiri-wallpapers-16.04": (
+        "Bridge_by_Sander_Klootwijk",
+        "Dragonfly_by_Bolly",
+        "Picture_0B_by_freespace",
+        "Wine_by_Jakkub_Mede",
+        "aitzgorri_by_Aitzol_Berasategi",
+        "analogpattern_by_Peter_Nerlich",
+        "greentock_by_Peter_Nerlich",
+        "life_by_Aitzol_Berasategi",
+        "picosdeeuropa_by_Aitzol_Berasategi",
+        "seeding_by_Clements_Engelhardt",
+        "sunset_by_Aitzol_Berasategi",
+    ),
+    "lomiri-wallpapers-20.04": ("Infinite-Sea_by_Aury88",),
+}
 
 # --- pack asset sizes -------------------------------------------------------------------------------------------
 OBJECT_MAX_SIDE = 256
@@ -161,7 +191,8 @@ JITTER = (0.75, 1.25)
 TARGET_OVERFLOW = 0.10
 DISTRACTOR_OVERFLOW = 0.30
 MIN_TARGET_VISIBLE = 0.70
-BG_CROP_SCALE = (0.35, 1.0)
+BG_CROP_SCALE = (0.25, 1.0)
+BG_JITTER = (0.7, 1.3)
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "cbam_viz"
 
@@ -489,6 +520,19 @@ def find_background_photos(roots: dict[str, Path]) -> list[dict[str, str]]:
             if best is not None:
                 found.append({"name": f"plasma-{_slug(name)}", "package": "plasma-workspace-wallpapers",
                               "path": str(best[1]), "source": best[1].relative_to(plasma).as_posix()})
+    tuxpaint = roots.get("tuxpaint-data")
+    if tuxpaint is not None:
+        for path in sorted((Path(tuxpaint) / TUXPAINT_TEMPLATES_DIR).glob("*.jpg")):
+            if path.stem not in TUXPAINT_TEMPLATES_EXCLUDED:
+                found.append({"name": f"tuxpaint-{_slug(path.stem)}", "package": "tuxpaint-data", "path": str(path),
+                              "source": path.relative_to(tuxpaint).as_posix()})
+    for package, stems in LOMIRI_PHOTOS.items():
+        root = roots.get(package)
+        for stem in stems if root is not None else ():
+            path = Path(root) / LOMIRI_DIR / f"{stem}.jpg"
+            if path.is_file():
+                found.append({"name": f"lomiri-{_slug(stem.split('_by_')[0])}", "package": package,
+                              "path": str(path), "source": path.relative_to(root).as_posix()})
     return sorted(found, key=lambda b: b["name"])
 
 
@@ -851,20 +895,18 @@ class Scene:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _jitter(rgba: Image.Image, b: float, c: float, s: float) -> Image.Image:
-    """Brightness, contrast (about the mean of the opaque pixels) and saturation jitter of an RGBA object."""
-    arr = np.asarray(rgba)
-    alpha = arr[..., 3]
+def _jitter(image: Image.Image, b: float, c: float, s: float) -> Image.Image:
+    """Brightness, contrast (about the mean of the opaque pixels) and saturation jitter of an RGBA or RGB image."""
+    arr = np.asarray(image)
     rgb = arr[..., :3].astype(np.float32) * b
-    opaque = alpha > 127
+    opaque = arr[..., 3] > 127 if image.mode == "RGBA" else np.ones(arr.shape[:2], bool)
     mean = rgb[opaque].mean(0) if opaque.any() else rgb.reshape(-1, 3).mean(0)
     rgb = (rgb - mean.mean()) * c + mean.mean()
     gray = (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
     rgb = gray + (rgb - gray) * s
-    out = np.empty_like(arr)
+    out = arr.copy()
     out[..., :3] = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
-    out[..., 3] = alpha
-    return Image.fromarray(out, "RGBA")
+    return Image.fromarray(out, image.mode)
 
 
 def _transform_object(
@@ -897,7 +939,8 @@ def _placed_mask(alpha: np.ndarray, x: int, y: int, size: int) -> np.ndarray:
 
 
 def _background_crop(bg: Image.Image, size: int, rng: np.random.Generator) -> tuple[Image.Image, list[float]]:
-    """Random-resized crop (35-100% of the short side, aspect 3:4..4:3) of `bg`, resized to size x size."""
+    """Random-resized crop (25-100% of the short side, aspect 3:4..4:3) of `bg`, resized to size x size, mirrored
+    at random, with brightness / contrast / saturation jitter."""
     W, H = bg.size
     side = min(W, H) * rng.uniform(*BG_CROP_SCALE)
     ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
@@ -906,11 +949,12 @@ def _background_crop(bg: Image.Image, size: int, rng: np.random.Generator) -> tu
     x = rng.uniform(0, W - w)
     y = rng.uniform(0, H - h)
     flip = rng.random() < 0.5
+    b, c, s = (float(v) for v in rng.uniform(BG_JITTER[0], BG_JITTER[1], size=3))
     box = (x, y, x + w, y + h)
     im = bg.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=2.0 if w > 3 * size else None)
     if flip:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return im, [round(v, 2) for v in box]
+    return _jitter(im, b, c, s), [round(v, 2) for v in box]
 
 
 def _check_split(split: str) -> None:
@@ -1109,6 +1153,7 @@ def materialize_split(
     (tmp / "index.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     meta = {"split": split, "size": size, "seed": seed, "count": n, "per_class": per_class,
             "image_format": image_format, "pack_hash": pack.pack_hash, "pack_version": pack.version,
+            "scene_version": SCENE_VERSION,
             "class_names": pack.class_names, "distractor_names": pack.distractor_names}
     (tmp / "split.json").write_text(json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
@@ -1168,16 +1213,6 @@ class MaterializedSplit(Dataset):
 # =============================================================================================================
 
 
-def _dedupe_names(names: list[str]) -> list[str]:
-    """Number repeated names in order: flower, flower 2, flower 3."""
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n} {seen[n]}")
-    return out
-
-
 def _plasma_attribution(source: str, root: Path) -> str:
     meta = root / PLASMA_DIR / source.split("/")[3] / "metadata.json"
     try:
@@ -1232,26 +1267,19 @@ def build_pack_from_debian(
     if max_classes is not None:
         if max_classes < 2:
             raise CbamVizError("--classes must be at least 2")
-        kept, count = [], 0
-        for name in class_bases:
-            if count >= max_classes:
-                break
-            kept.append(name)
-            count += len(by_name[name])
-        class_bases = kept
+        class_bases = class_bases[:max_classes]
 
-    def objects_for(bases: Iterable[str], limit: int | None = None) -> list[PackObject]:
+    def objects_for(bases: Iterable[str]) -> list[PackObject]:
+        """One object per name; every photo of its subjects is a variant."""
         objs = []
         for base in sorted(bases):
-            members = sorted(by_name[base], key=lambda si: photos[subjects[si][1][0]].rel)
-            for name, si in zip(_dedupe_names([base] * len(members)), members):
-                idx = subjects[si][1]
-                objs.append(PackObject(
-                    name, [images[i] for i in idx], [photos[i].rel for i in idx], photos[idx[0]].description,
-                    all(photos[i].mirror_ok for i in idx), "tuxpaint-stamps-default"))
-        return objs[:limit] if limit else objs
+            idx = sorted((i for si in by_name[base] for i in subjects[si][1]), key=lambda i: photos[i].rel)
+            objs.append(PackObject(base, [images[i] for i in idx], [photos[i].rel for i in idx],
+                                   photos[idx[0]].description, all(photos[i].mirror_ok for i in idx),
+                                   "tuxpaint-stamps-default"))
+        return objs
 
-    classes = objects_for(class_bases, max_classes)
+    classes = objects_for(class_bases)
     distractors = objects_for(distractor_names)
 
     # backgrounds
@@ -1293,8 +1321,9 @@ def build_pack_from_debian(
             if pkg == "plasma-workspace-wallpapers":
                 parts.append("Wallpapers used:\n" + "".join(
                     f"  {b.source}: {b.attribution}\n" for b in bgs if b.package == pkg) + "\n")
-            elif pkg == "mate-backgrounds":
-                parts.append("Wallpapers used:\n" + "".join(f"  {b.source}\n" for b in bgs if b.package == pkg) + "\n")
+            elif pkg != "tuxpaint-stamps-default":
+                parts.append("Photos used (author and license per file in the copyright file below):\n" + "".join(
+                    f"  {b.source}\n" for b in bgs if b.package == pkg) + "\n")
             copyright_file = roots[pkg] / "usr/share/doc" / pkg / "copyright"
             parts.append(copyright_file.read_text(encoding="utf-8", errors="replace") if copyright_file.exists()
                          else "(copyright file missing from the package)\n")
@@ -1329,7 +1358,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b = sub.add_parser(
         "build",
         help="download the Debian assets, write DIR/pack and the fixed DIR/val and DIR/test splits",
-        description="Download tuxpaint-stamps-default and three wallpaper packages with apt-get (cached), select "
+        description="Download tuxpaint-stamps-default and six wallpaper/photo packages with apt-get (cached), select "
         "real-photo stamps and backgrounds, write the asset pack to DIR/pack and materialize DIR/val and DIR/test. "
         "With --pack, reuse an existing asset pack instead (no download; e.g. on a machine without network).",
     )

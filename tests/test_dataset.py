@@ -269,6 +269,8 @@ def make_fake_cache(cache: Path) -> None:
     for i, name in enumerate(animals):
         hue = tuple(int(v) for v in rng.integers(40, 220, size=3))
         stamp(f"animals/{name}.png", _photo_stamp(rng, 90 + 3 * i, 70 + 2 * i, hue), f"A {name} (an animal).")
+    # a second, different photo of a zebra: a variant of the zebra class, not a class of its own
+    stamp("animals/zebra-2.png", _photo_stamp(rng, 60, 100, (200, 60, 60)), "A zebra (another one).")
     stamp("animals/clipart.png", _flat_stamp(90, 90), "A drawn sun.")
     stamp("animals/cartoon/toon.png", _photo_stamp(rng, 90, 90, (100, 100, 100)), "A cartoon.")
     stamp("symbols/letter.png", _photo_stamp(rng, 90, 90, (100, 100, 100)), "A letter.")
@@ -290,6 +292,17 @@ def make_fake_cache(cache: Path) -> None:
             Image.fromarray(arr).save(images / f"{w}x{h}.jpg", quality=90)
         meta = {"KPlugin": {"Name": name, "License": "GPL-2+", "Authors": [{"Name": "Someone"}]}}
         (plasma / name / "metadata.json").write_text(json.dumps(meta))
+    templates = ext / "tuxpaint-data" / ds.TUXPAINT_TEMPLATES_DIR
+    templates.mkdir(parents=True)
+    for stem in ("cliff", "sheep"):  # sheep is excluded by name
+        arr = rng.normal(110, 45, size=(240, 360, 3)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(templates / f"{stem}.jpg", quality=90)
+    for package, stems in ds.LOMIRI_PHOTOS.items():
+        folder = ext / package / ds.LOMIRI_DIR
+        folder.mkdir(parents=True)
+        for stem in (stems[0], "render_by_Someone"):  # only the listed photo is used
+            arr = rng.normal(90, 45, size=(240, 360, 3)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(folder / f"{stem}.jpg", quality=90)
 
 
 def build_args(*argv: str) -> argparse.Namespace:
@@ -308,15 +321,20 @@ def test_data_build_on_a_fake_debian_cache(tmp_path, capsys):
     pack = ds.AssetPack.load(out / "pack")
     m = pack.manifest
     sources = {s for o in m["classes"] + m["distractors"] for s in o["sources"]}
-    assert sources == {f"animals/{n}.png" for n in ["zebra", "lion", "owl", "frog", "goat", "crow", "hippo",
-                                                     "mouse", "yak", "bison", "koala"]}
-    assert len(m["distractors"]) >= 0.15 * len(sources) and len(m["classes"]) + len(m["distractors"]) == 11
-    assert "zebra" in pack.class_names + pack.distractor_names  # name from the description
+    assert sources == {f"animals/{n}.png" for n in ["zebra", "zebra-2", "lion", "owl", "frog", "goat", "crow",
+                                                     "hippo", "mouse", "yak", "bison", "koala"]}
+    assert len(m["distractors"]) >= 0.15 * 11 and len(m["classes"]) + len(m["distractors"]) == 11
+    zebra = [o for o in m["classes"] + m["distractors"] if o["name"] == "zebra"]  # name from the description
+    assert len(zebra) == 1 and zebra[0]["sources"] == ["animals/zebra-2.png", "animals/zebra.png"]
+    assert len(zebra[0]["files"]) == 2
     bgs = {s: {b["name"] for b in m["backgrounds"][s]} for s in ds.SPLITS}
-    assert sum(len(v) for v in bgs.values()) == 6 and "mate-flat" not in set().union(*bgs.values())
+    all_bgs = set().union(*bgs.values())
+    assert len(all_bgs) == 9 and "mate-flat" not in all_bgs and "tuxpaint-sheep" not in all_bgs
+    assert {"tuxpaint-cliff", "lomiri-bridge", "lomiri-infinite-sea"} <= all_bgs
     assert not (bgs["train"] & bgs["test"]) and not (bgs["train"] & bgs["val"]) and not (bgs["val"] & bgs["test"])
     license_text = (out / "pack" / "LICENSE-ATTRIBUTION.txt").read_text()
     assert "Copyright: test tuxpaint-stamps-default" in license_text and "Someone" in license_text
+    assert "Copyright: test lomiri-wallpapers-16.04" in license_text and "Bridge_by_Sander_Klootwijk.jpg" in license_text
     test = ds.MaterializedSplit(out, "test")
     assert len(test) == 2 * pack.n_classes and test.pack_hash == pack.pack_hash and test[0].image.size == (48, 48)
     index = (out / "test" / "index.jsonl").read_bytes()
