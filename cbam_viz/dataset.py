@@ -34,7 +34,7 @@ Stamps that are near-duplicates of each other (same photo, possibly mirrored or 
 within `DUPLICATE_DISTANCE`) are one subject. Each subject gets a readable name from its description
 ("A peacock (a male peafowl)." -> "peacock"); distinct photos with the same name (two strawberry stamps) are
 variants of one class, so there is one class per subject name. About `--distractor-fraction` (default 18%) of
-the photos, chosen by name with the seed, become **distractors**: they appear in scenes but are never a class.
+the subjects, chosen by name with the seed, become **distractors**: they appear in scenes but are never a class.
 
 Backgrounds: the photos in `mate-backgrounds`' `nature/` folder, the photographic Plasma wallpapers in
 `PLASMA_PHOTOS` and Lomiri wallpapers in `LOMIRI_PHOTOS` (the others are renders/abstract art, checked by eye on
