@@ -1,4 +1,4 @@
-"""`train`: train ResNet50 or CBAM-ResNet50 from scratch on stamp scenes, on CPU or GPU(s), resumably.
+"""`train`: train ResNet50 or CBAM-ResNet50 on stamp scenes, from scratch or from a checkpoint, resumably.
 
 One recipe for both architectures (the defaults are the published recipe):
 
@@ -19,6 +19,10 @@ RUN_DIR/last.pt (model, optimizer, scheduler, scaler, step, RNG state, metrics h
 containers only, read back with `torch.load(weights_only=True)`) is written atomically every `--checkpoint-every`
 seconds, after each evaluation, on SIGINT/SIGTERM and at the end; a rerun with the same RUN_DIR continues from it
 exactly (same data order, same LR schedule). Options left out on a rerun take the values saved in last.pt.
+
+`--init CHECKPOINT` starts a new run from a checkpoint's weights (same classes) instead of random ones: how
+training continues across sessions whose run folders do not survive (a new warmup + cosine cycle, a warm
+restart); the recipe records where it started and `images_total` counts the images of the whole chain.
 """
 
 from __future__ import annotations
@@ -42,7 +46,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cbam_viz.checkpoints import IMAGENET_MEAN, IMAGENET_STD, ModelMeta, save_checkpoint
+from cbam_viz.checkpoints import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CheckpointError,
+    LoadedModel,
+    ModelMeta,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cbam_viz.cli import standalone
 from cbam_viz.errors import CbamVizError
 from cbam_viz.fileio import atomic_path, atomic_write_bytes
@@ -74,7 +86,7 @@ METRIC_COLUMNS = (
 )  # fmt: skip
 # Settings that define the trained model: a resumed run must keep them.
 RECIPE_KEYS = (
-    "arch", "steps", "batch_size", "lr", "warmup", "weight_decay", "label_smoothing", "size", "seed",
+    "arch", "steps", "batch_size", "lr", "warmup", "weight_decay", "label_smoothing", "size", "seed", "init",
 )  # fmt: skip
 
 
@@ -130,6 +142,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, help="train/val image side in px (default: 160 on CPU, 224 on CUDA)")
     parser.add_argument("--seed", type=int, help="seed of the initial weights and of the scene stream (default: 0)")
     parser.add_argument(
+        "--init", type=Path, metavar="CHECKPOINT",
+        help="start from this checkpoint's weights instead of random ones (same classes; its arch is the default "
+        "--arch): continues training across sessions, e.g. a new cosine cycle from the bundled weights",
+    )  # fmt: skip
+    parser.add_argument(
         "--workers", type=int, help="data-loading processes per training process (default: 1 on CPU, 6 on CUDA)"
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
@@ -137,6 +154,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=_positive_int,
         help="CPU threads per training process (default: torch's, i.e. OMP_NUM_THREADS or all cores); use 1 "
         "for each of several runs sharing a CPU",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=False,
+        help="torch.compile the training forward/backward: fuses CBAM's elementwise work (measured on a 2-core "
+        "CPU with bf16: CBAM-ResNet50 11.6 -> 15.5 img/s) after a few minutes of compiling (default: off)",
     )  # fmt: skip
     parser.add_argument(
         "--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
@@ -171,9 +193,11 @@ class Config:
     label_smoothing: float
     size: int
     seed: int
+    init: str  # checkpoint the weights start from ("" = random init)
     workers: int
     device: str  # "cpu" or "cuda"
     precision: str  # "bf16", "fp16" or "fp32"
+    compile: bool
     eval_every: int
     checkpoint_every: float
     resume: bool
@@ -199,6 +223,7 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
         "label_smoothing": args.label_smoothing,
         "size": args.size,
         "seed": args.seed,
+        "init": str(args.init) if getattr(args, "init", None) else None,
     }
     batch = explicit["batch_size"]
     if batch is None:
@@ -212,17 +237,17 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
         changed = [
             f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key]})"
             for key in RECIPE_KEYS
-            if explicit.get(key) is not None and explicit[key] != saved[key]
+            if explicit.get(key) is not None and explicit[key] != saved.get(key, "")
         ]
         if changed:
             raise TrainError(
                 f"{Path(args.out) / LAST} was trained with other settings: {'; '.join(changed)}. Leave these options "
                 "out to continue it, or start a new run (another --out, or --no-resume to replace this one)"
             )
-        values = {key: saved[key] for key in RECIPE_KEYS}
+        values = {key: saved.get(key, "") for key in RECIPE_KEYS}
     else:
         if explicit["arch"] is None:
-            raise TrainError("--arch is required for a new run (resnet50 or resnet50-cbam)")
+            raise TrainError("--arch (or --init) is required for a new run (resnet50 or resnet50-cbam)")
         values = {
             "arch": explicit["arch"],
             "batch_size": batch,
@@ -235,6 +260,7 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
             ),
             "size": explicit["size"] if explicit["size"] is not None else DEFAULT_SIZE[device],
             "seed": explicit["seed"] if explicit["seed"] is not None else 0,
+            "init": explicit["init"] or "",
         }
     data = args.data or (Path(saved["data"]) if saved.get("data") else Path("data/stamps"))
     eval_every = args.eval_every or saved.get("eval_every") or DEFAULT_EVAL_EVERY
@@ -247,6 +273,7 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
         workers=workers,
         device=device,
         precision=precision,
+        compile=bool(getattr(args, "compile", False)),
         eval_every=eval_every,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
@@ -626,9 +653,19 @@ def _train(
     out = Path(args.out)
     last_path = out / LAST
     saved = load_last(last_path) if args.resume and last_path.is_file() else None
+    init = None
+    if saved is None and getattr(args, "init", None):
+        init = _load_init(Path(args.init), args.arch)
+        args = argparse.Namespace(**{**vars(args), "arch": args.arch or init.meta.arch})
     cfg = resolve_config(args, saved["config"] if saved else None, device.type, ctx.world)
     if data is None:
         data = open_data(cfg.data)
+    if init is not None and init.meta.class_names != list(data.class_names):
+        raise TrainError(
+            f"--init {Path(cfg.init).name} was trained on {init.meta.num_classes} classes "
+            f"({_preview(init.meta.class_names)}), but {cfg.data} has {len(data.class_names)} "
+            f"({_preview(data.class_names)}): --init needs the same classes in the same order"
+        )
     if saved and saved.get("dataset", {}).get("pack_hash") != data.info.get("pack_hash"):
         raise TrainError(
             f"{last_path} was trained on pack {saved.get('dataset', {}).get('pack_hash')}, but {cfg.data} holds pack "
@@ -646,6 +683,11 @@ def _train(
     # Model, optimiser, schedule.
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, len(data.class_names), zero_init_residual=True)
+    init_info = saved.get("init", {}) if saved else {}
+    if init is not None:
+        model.load_state_dict(init.model.state_dict())
+        init_info = _init_summary(init)
+        del init
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=MOMENTUM, nesterov=True
@@ -674,6 +716,8 @@ def _train(
     net = model
     if ctx.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # validation and checkpoints use `model` itself (eager)
+        net = torch.compile(net)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -697,6 +741,7 @@ def _train(
                 "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             },
             "history": history,
+            "init": init_info,
             "interval": dict(acc),
             "best": dict(best),
             "elapsed": elapsed + (time.monotonic() - session_start),
@@ -741,13 +786,16 @@ def _train(
             "steps": cfg.steps,
             "planned_images": cfg.total_images,
             "images_seen": row["images"],
+            "images_total": init_info.get("images_total", 0) + row["images"],
             "step": row["step"],
             "size": cfg.size,
             "seed": cfg.seed,
+            "init": init_info or "random (torchvision init)",
             "zero_init_residual": True,
             "augmentation": "none besides the scene generator (every training scene is a fresh composite)",
             "precision": cfg.precision,
             "channels_last": True,
+            "compiled": cfg.compile,
             "device": _device_name(device),
             "world_size": ctx.world,
             "workers": cfg.workers,
@@ -931,6 +979,31 @@ def _train(
     if ctx.enabled:
         dist.barrier()
     return TrainResult(model=model, config=cfg, step=step, completed=completed, history=history)
+
+
+def _load_init(path: Path, arch: str | None) -> LoadedModel:
+    """The checkpoint named by --init, as a TrainError when it cannot serve."""
+    try:
+        return load_checkpoint(path, "cpu", arch)
+    except CheckpointError as err:
+        raise TrainError(f"--init: {err}") from None
+
+
+def _init_summary(init: LoadedModel) -> dict:
+    """What the recipe records about the checkpoint a run started from (primitives only: it goes into last.pt)."""
+    recipe = init.meta.recipe
+    before = int(recipe.get("images_total") or recipe.get("images_seen") or 0)
+    summary = {"checkpoint": Path(init.meta.source).name, "images_total": before}
+    for key in ("lr", "steps", "batch_size", "size", "wall_time_s"):
+        if key in recipe:
+            summary[key] = recipe[key]
+    if init.meta.dataset.get("pack_hash"):
+        summary["pack_hash"] = str(init.meta.dataset["pack_hash"])
+    return summary
+
+
+def _preview(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
 
 
 def _device_name(device: torch.device) -> str:

@@ -226,7 +226,7 @@ def test_bad_arguments_are_clear_errors(data_dir, tmp_path, extra, message):
 
 
 def test_bad_data_and_run_folders(data_dir, tmp_path, capsys):
-    with pytest.raises(CbamVizError, match="--arch is required"):
+    with pytest.raises(CbamVizError, match=r"--arch \(or --init\) is required"):
         tr.run(parse(["--data", str(data_dir), "--out", str(tmp_path / "a"), "--device", "cpu"]))
     with pytest.raises(CbamVizError, match="not a stamp-scenes folder"):
         tr.run(parse(argv(tmp_path / "nowhere", tmp_path / "b")))
@@ -248,6 +248,60 @@ def test_resume_refuses_other_recipe(data_dir, tmp_path, capsys):
     # --no-resume starts over (here: to completion) in the same folder.
     assert tr.main(argv(data_dir, out, "--lr", "0.5", "--no-resume", steps=2)) == 0
     assert load_checkpoint(out / "final.safetensors").meta.recipe["lr"] == 0.5
+
+
+def test_init_starts_from_a_checkpoint_and_records_it(data_dir, tmp_path, straight):
+    """--init: the weights start as the checkpoint's; arch, provenance and cumulative images go into the recipe."""
+    source = Path(straight.config.out) / tr.FINAL
+    start = load_checkpoint(source).model.state_dict()
+    out = tmp_path / "run"
+    # lr 1e-30: the one step moves a weight by at most ~1e-30, so the result shows where the weights started.
+    result = tr.train(parse(argv(data_dir, out, "--init", str(source), "--lr", "1e-30", steps=1)[2:]))
+    assert result.config.arch == "resnet50" and result.config.init == str(source)
+    params = dict(result.model.named_parameters())
+    moved = [k for k in params if not torch.allclose(params[k].detach(), start[k], rtol=0, atol=1e-20)]
+    assert moved == []
+    fresh = tr.train(parse(argv(data_dir, tmp_path / "fresh", "--lr", "1e-30", steps=1)))
+    assert not torch.equal(fresh.model.state_dict()["fc.weight"], start["fc.weight"])  # (the check can fail)
+
+    recipe = load_checkpoint(out / tr.FINAL).meta.recipe
+    assert recipe["init"]["checkpoint"] == tr.FINAL and recipe["init"]["images_total"] == STEPS * BATCH
+    assert recipe["init"]["pack_hash"] == ds.AssetPack.load(data_dir / "pack").pack_hash
+    assert recipe["images_seen"] == BATCH and recipe["images_total"] == (STEPS + 1) * BATCH
+    assert load_checkpoint(source).meta.recipe["init"] == "random (torchvision init)"
+    # A rerun continues the same run; naming another starting checkpoint is a recipe change.
+    with pytest.raises(CbamVizError, match="--init"):
+        tr.train(parse(argv(data_dir, out, "--init", str(out / tr.BEST), "--lr", "1e-30", steps=1)[2:]))
+
+
+def test_init_refuses_other_arch_or_classes(data_dir, tmp_path, straight):
+    source = str(Path(straight.config.out) / tr.FINAL)
+    with pytest.raises(CbamVizError, match="holds a resnet50 checkpoint, but resnet50-cbam"):
+        tr.train(parse(argv(data_dir, tmp_path / "a", "--arch", "resnet50-cbam", "--init", source)[2:]))
+    other = tmp_path / "other"
+    ds.make_synthetic_pack(other / "pack", n_classes=4, n_distractors=1, background_size=(96, 72), object_side=48)
+    ds.materialize_split(ds.AssetPack.load(other / "pack"), other, "val", per_class=1, size=48)
+    with pytest.raises(CbamVizError, match="trained on 3 classes .* has 4 .* needs the same classes"):
+        tr.train(parse(argv(other, tmp_path / "b", "--init", source)[2:]))
+    with pytest.raises(CbamVizError, match="checkpoint not found"):
+        tr.train(parse(argv(data_dir, tmp_path / "c", "--init", str(tmp_path / "missing.safetensors"))))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_compile_wraps_only_the_training_net(data_dir, tmp_path, monkeypatch):
+    """--compile hands the training module to torch.compile (a stand-in here: a real compile takes minutes)."""
+    compiled = []
+
+    def fake_compile(module):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(tr.torch, "compile", fake_compile)
+    result = tr.train(parse(argv(data_dir, tmp_path / "run", "--compile", steps=1)))
+    assert compiled == [result.model] and result.config.compile
+    assert load_checkpoint(tmp_path / "run" / tr.FINAL).meta.recipe["compiled"] is True
+    tr.train(parse(argv(data_dir, tmp_path / "eager", steps=1)))
+    assert len(compiled) == 1 and load_checkpoint(tmp_path / "eager" / tr.FINAL).meta.recipe["compiled"] is False
 
 
 def test_background_gap_diagnostic(data_dir, straight, capsys, monkeypatch):
