@@ -269,7 +269,9 @@ def test_init_starts_from_a_checkpoint_and_records_it(data_dir, tmp_path, straig
     assert recipe["init"]["pack_hash"] == ds.AssetPack.load(data_dir / "pack").pack_hash
     assert recipe["images_seen"] == BATCH and recipe["images_total"] == (STEPS + 1) * BATCH
     assert load_checkpoint(source).meta.recipe["init"] == "random (torchvision init)"
-    # A rerun continues the same run; naming another starting checkpoint is a recipe change.
+    # A rerun with the same options continues the same run; naming another starting checkpoint is a recipe change.
+    rerun = tr.train(parse(argv(data_dir, out, "--init", str(source), "--lr", "1e-30", steps=1)[2:]))
+    assert rerun.completed and rerun.step == 1 and rerun.config.init == str(source)
     with pytest.raises(CbamVizError, match="--init"):
         tr.train(parse(argv(data_dir, out, "--init", str(out / tr.BEST), "--lr", "1e-30", steps=1)[2:]))
 
