@@ -22,7 +22,8 @@ exactly (same data order, same LR schedule). Options left out on a rerun take th
 
 `--init CHECKPOINT` starts a new run from a checkpoint's weights (same classes) instead of random ones: how
 training continues across sessions whose run folders do not survive (a new warmup + cosine cycle, a warm
-restart); the recipe records where it started and `images_total` counts the images of the whole chain.
+restart; give it a --seed the chain has not used, or the scene stream repeats the earlier cycle's scenes); the
+recipe records where it started and `images_total` counts the images of the whole chain.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init", type=Path, metavar="CHECKPOINT",
         help="start from this checkpoint's weights instead of random ones (same classes; its arch is the default "
-        "--arch): continues training across sessions, e.g. a new cosine cycle from the bundled weights",
+        "--arch): continues training across sessions, e.g. a new cosine cycle from the bundled weights; give it a "
+        "new --seed, or its scene stream starts with the scenes the checkpoint was trained on",
     )  # fmt: skip
     parser.add_argument(
         "--workers", type=int, help="data-loading processes per training process (default: 1 on CPU, 6 on CUDA)"
