@@ -237,7 +237,7 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
 
     if saved:
         changed = [
-            f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key]})"
+            f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved.get(key) or 'none'})"
             for key in RECIPE_KEYS
             if explicit.get(key) is not None and explicit[key] != saved.get(key, "")
         ]
