@@ -21,7 +21,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model  # noqa: E402
-from cbam_viz.train import _autocast, auto_precision, param_groups  # noqa: E402
+from cbam_viz.train import (  # noqa: E402
+    DEFAULT_LABEL_SMOOTHING,
+    DEFAULT_WEIGHT_DECAY,
+    MOMENTUM,
+    _autocast,
+    auto_precision,
+    param_groups,
+)
 
 
 def make_step(arch: str, compiled: bool, batch: int, size: int, precision: str):
@@ -29,8 +36,8 @@ def make_step(arch: str, compiled: bool, batch: int, size: int, precision: str):
     torch.manual_seed(0)
     model = build_model(arch, 32, zero_init_residual=True).to(memory_format=torch.channels_last)
     net = torch.compile(model) if compiled else model
-    optimizer = torch.optim.SGD(param_groups(model, 5e-5), lr=0.01, momentum=0.9, nesterov=True)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    optimizer = torch.optim.SGD(param_groups(model, DEFAULT_WEIGHT_DECAY), lr=0.01, momentum=MOMENTUM, nesterov=True)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=DEFAULT_LABEL_SMOOTHING)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 32, (batch,))
     device = torch.device("cpu")

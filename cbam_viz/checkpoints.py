@@ -191,7 +191,7 @@ def _build_and_fill(state: dict[str, torch.Tensor], meta: ModelMeta, name: str) 
         parts = [f"{name} does not fit {meta.arch} with {meta.num_classes} classes:"]
         for label, keys in (("missing keys", missing), ("unexpected keys", unexpected)):
             if keys:
-                parts.append(f"{len(keys)} {label} ({_preview(keys)})")
+                parts.append(f"{len(keys)} {label} ({preview_names(keys)})")
         if wrong:
             shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:3]]
             parts.append(f"{len(wrong)} shape mismatches ({'; '.join(shapes)})")
@@ -200,7 +200,8 @@ def _build_and_fill(state: dict[str, torch.Tensor], meta: ModelMeta, name: str) 
     return model
 
 
-def _preview(keys: list[str], limit: int = 4) -> str:
+def preview_names(keys: list[str], limit: int = 4) -> str:
+    """The first `limit` names, then how many more: for error messages about long lists."""
     shown = ", ".join(keys[:limit])
     return shown + (f", … {len(keys) - limit} more" if len(keys) > limit else "")
 

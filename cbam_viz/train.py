@@ -54,6 +54,7 @@ from cbam_viz.checkpoints import (
     LoadedModel,
     ModelMeta,
     load_checkpoint,
+    preview_names,
     save_checkpoint,
 )
 from cbam_viz.cli import standalone
@@ -236,17 +237,18 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
         explicit["steps"] = math.ceil(args.images / batch) if batch > 0 else 0
 
     if saved:
+        saved = {"init": "", **saved}  # runs saved before --init existed started from random weights
         changed = [
-            f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved.get(key) or 'none'})"
+            f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key] or 'none'})"
             for key in RECIPE_KEYS
-            if explicit.get(key) is not None and explicit[key] != saved.get(key, "")
+            if explicit.get(key) is not None and explicit[key] != saved[key]
         ]
         if changed:
             raise TrainError(
                 f"{Path(args.out) / LAST} was trained with other settings: {'; '.join(changed)}. Leave these options "
                 "out to continue it, or start a new run (another --out, or --no-resume to replace this one)"
             )
-        values = {key: saved.get(key, "") for key in RECIPE_KEYS}
+        values = {key: saved[key] for key in RECIPE_KEYS}
     else:
         if explicit["arch"] is None:
             raise TrainError("--arch (or --init) is required for a new run (resnet50 or resnet50-cbam)")
@@ -665,8 +667,8 @@ def _train(
     if init is not None and init.meta.class_names != list(data.class_names):
         raise TrainError(
             f"--init {Path(cfg.init).name} was trained on {init.meta.num_classes} classes "
-            f"({_preview(init.meta.class_names)}), but {cfg.data} has {len(data.class_names)} "
-            f"({_preview(data.class_names)}): --init needs the same classes in the same order"
+            f"({preview_names(init.meta.class_names)}), but {cfg.data} has {len(data.class_names)} "
+            f"({preview_names(data.class_names)}): --init needs the same classes in the same order"
         )
     if saved and saved.get("dataset", {}).get("pack_hash") != data.info.get("pack_hash"):
         raise TrainError(
@@ -1002,10 +1004,6 @@ def _init_summary(init: LoadedModel) -> dict:
     if init.meta.dataset.get("pack_hash"):
         summary["pack_hash"] = str(init.meta.dataset["pack_hash"])
     return summary
-
-
-def _preview(names: list[str], limit: int = 3) -> str:
-    return ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
 
 
 def _device_name(device: torch.device) -> str:
