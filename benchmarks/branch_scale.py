@@ -1,0 +1,68 @@
+"""How much each residual branch contributes: |bn3 weight| per block, and for CBAM blocks that times the mean
+channel gate Mc and the mean spatial gate Ms on validation scenes (the branch's effective output scale).
+
+    python benchmarks/branch_scale.py --data data/stamps32v2 weights/resnet50_baseline.safetensors \
+        weights/resnet50_cbam.safetensors
+
+Why: with `zero_init_residual` every branch starts at zero and, in CBAM blocks, its gradient passes through both
+gates (about 0.5 each), so CBAM's branches may grow more slowly than the baseline's; this measures whether they did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cbam_viz.attention import capture_attention  # noqa: E402
+from cbam_viz.checkpoints import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint  # noqa: E402
+from cbam_viz.dataset import MaterializedSplit  # noqa: E402
+from cbam_viz.train import scenes_to_tensors  # noqa: E402
+
+
+def branch_scales(path: Path, val: MaterializedSplit, scenes: int) -> dict[str, dict[str, float]]:
+    """Per block: `bn3` = mean |bn3.weight|; for CBAM blocks also the mean gates and their product with `bn3`."""
+    loaded = load_checkpoint(path)
+    model, size = loaded.model.float().eval(), loaded.meta.input_size
+    images, _ = scenes_to_tensors((val[i] for i in range(min(scenes, len(val)))), size)
+    x = images.float().div(255).sub(torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+    x = x.div(torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+    with torch.inference_mode(), capture_attention() as maps:
+        model(x)
+    state = model.state_dict()
+    rows = {}
+    for key, weight in state.items():
+        if key.endswith(".bn3.weight"):
+            block = key.removesuffix(".bn3.weight")
+            row = {"bn3": weight.abs().mean().item()}
+            if block in maps.spatial:
+                row["mc"] = maps.channel[block].mean().item()
+                row["ms"] = maps.spatial[block].mean().item()
+                row["effective"] = row["bn3"] * row["mc"] * row["ms"]
+            rows[block] = row
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument("--data", type=Path, default=Path("data/stamps"), help="folder written by `data build`")
+    parser.add_argument("--scenes", type=int, default=64, help="validation scenes for the gate means")
+    args = parser.parse_args()
+    val = MaterializedSplit(args.data, "val")
+    for path in args.checkpoints:
+        print(path)
+        print(f"  {'block':10s} {'|bn3|':>7s} {'mean Mc':>8s} {'mean Ms':>8s} {'|bn3|*Mc*Ms':>12s}")
+        for block, row in branch_scales(path, val, args.scenes).items():
+            gates = (
+                f"{row['mc']:8.2f} {row['ms']:8.2f} {row['effective']:12.4f}" if "mc" in row else f"{'':8s} {'':8s} {'':12s}"
+            )
+            print(f"  {block:10s} {row['bn3']:7.3f} {gates}")
+
+
+if __name__ == "__main__":
+    main()
