@@ -4,7 +4,8 @@ One recipe for both architectures (the defaults are the published recipe):
 
 * SGD, Nesterov momentum 0.9, peak lr 0.1 x batch/32 (linear scaling), linear warmup over the first 5 % of steps,
   then cosine to 0; weight decay 5e-5 on conv/linear weights only (none on BN parameters or biases);
-  label smoothing 0.1; `zero_init_residual=True`; ImageNet mean/std.
+  label smoothing 0.1; `zero_init_residual=True` (`--no-zero-init-residual`: every BN weight 1, as the official
+  CBAM code starts); ImageNet mean/std.
 * Data: every training scene is a fresh composite drawn deterministically from (seed, "train", index): that is the
   whole augmentation. Step `s` consumes the global indices [s*B, (s+1)*B) of the stream, B the global batch;
   with W processes rank r takes the r-th contiguous B/W slice of them, so the image stream does not depend on W.
@@ -89,6 +90,7 @@ METRIC_COLUMNS = (
 # Settings that define the trained model: a resumed run must keep them.
 RECIPE_KEYS = (
     "arch", "steps", "batch_size", "lr", "warmup", "weight_decay", "label_smoothing", "size", "seed", "init",
+    "zero_init_residual",
 )  # fmt: skip
 
 
@@ -150,6 +152,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "new --seed, or its scene stream starts with the scenes the checkpoint was trained on",
     )  # fmt: skip
     parser.add_argument(
+        "--zero-init-residual", action=argparse.BooleanOptionalAction,
+        help="random init only: zero each residual branch's last BN weight (default: on); --no-zero-init-residual "
+        "starts them at 1, as the official CBAM code does",
+    )  # fmt: skip
+    parser.add_argument(
         "--workers", type=int, help="data-loading processes per training process (default: 1 on CPU, 6 on CUDA)"
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
@@ -197,6 +204,7 @@ class Config:
     size: int
     seed: int
     init: str  # checkpoint the weights start from ("" = random init)
+    zero_init_residual: bool  # random init: each residual branch's last BN weight starts at 0 (else 1)
     workers: int
     device: str  # "cpu" or "cuda"
     precision: str  # "bf16", "fp16" or "fp32"
@@ -227,6 +235,7 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
         "size": args.size,
         "seed": args.seed,
         "init": str(args.init) if getattr(args, "init", None) else None,
+        "zero_init_residual": getattr(args, "zero_init_residual", None),
     }
     batch = explicit["batch_size"]
     if batch is None:
@@ -237,9 +246,10 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
         explicit["steps"] = math.ceil(args.images / batch) if batch > 0 else 0
 
     if saved:
-        saved = {"init": "", **saved}  # runs saved before --init existed started from random weights
+        # Runs saved before --init / --zero-init-residual existed started from random zero-init-residual weights.
+        saved = {"init": "", "zero_init_residual": True, **saved}
         changed = [
-            f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key] or 'none'})"
+            f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key] if saved[key] != '' else 'none'})"
             for key in RECIPE_KEYS
             if explicit.get(key) is not None and explicit[key] != saved[key]
         ]
@@ -265,7 +275,13 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
             "size": explicit["size"] if explicit["size"] is not None else DEFAULT_SIZE[device],
             "seed": explicit["seed"] if explicit["seed"] is not None else 0,
             "init": explicit["init"] or "",
+            "zero_init_residual": explicit["zero_init_residual"] is not False,
         }
+        if explicit["init"] and explicit["zero_init_residual"] is not None:
+            raise TrainError(
+                "--zero-init-residual / --no-zero-init-residual choose the random init; --init starts from a "
+                "checkpoint's weights: give one or the other"
+            )
     data = args.data or (Path(saved["data"]) if saved.get("data") else Path("data/stamps"))
     eval_every = args.eval_every or saved.get("eval_every") or DEFAULT_EVAL_EVERY
     workers = args.workers if args.workers is not None else (1 if device == "cpu" else 6)
@@ -686,7 +702,7 @@ def _train(
 
     # Model, optimiser, schedule.
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, len(data.class_names), zero_init_residual=True)
+    model = build_model(cfg.arch, len(data.class_names), zero_init_residual=cfg.zero_init_residual)
     init_info = saved.get("init", {}) if saved else {}
     if init is not None:
         model.load_state_dict(init.model.state_dict())
@@ -795,7 +811,8 @@ def _train(
             "size": cfg.size,
             "seed": cfg.seed,
             "init": init_info or "random (torchvision init)",
-            "zero_init_residual": True,
+            # How the chain's random init was done (checkpoints from before the option all used zero init).
+            "zero_init_residual": init_info.get("zero_init_residual", True) if init_info else cfg.zero_init_residual,
             "augmentation": "none besides the scene generator (every training scene is a fresh composite)",
             "precision": cfg.precision,
             "channels_last": True,
@@ -998,7 +1015,7 @@ def _init_summary(init: LoadedModel) -> dict:
     recipe = init.meta.recipe
     before = int(recipe.get("images_total") or recipe.get("images_seen") or 0)
     summary = {"checkpoint": Path(init.meta.source).name, "images_total": before}
-    for key in ("lr", "steps", "batch_size", "size", "wall_time_s"):
+    for key in ("lr", "steps", "batch_size", "size", "wall_time_s", "zero_init_residual"):
         if key in recipe:
             summary[key] = recipe[key]
     if init.meta.dataset.get("pack_hash"):

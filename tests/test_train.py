@@ -290,6 +290,28 @@ def test_init_refuses_other_arch_or_classes(data_dir, tmp_path, straight):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def bn3_weights(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([v.flatten() for k, v in model.state_dict().items() if k.endswith("bn3.weight")])
+
+
+def test_zero_init_residual_option(data_dir, tmp_path):
+    """Random init zeroes each residual branch's last BN by default; --no-zero-init-residual starts it at 1 (the
+    official CBAM code's init). The choice is in the recipe, a resume must keep it, and an --init chain inherits it."""
+    zero = tr.train(parse(argv(data_dir, tmp_path / "zero", "--lr", "1e-30", steps=1)))
+    ones = tr.train(parse(argv(data_dir, tmp_path / "ones", "--no-zero-init-residual", "--lr", "1e-30", steps=1)))
+    assert torch.allclose(bn3_weights(zero.model), torch.tensor(0.0), rtol=0, atol=1e-20)
+    assert torch.allclose(bn3_weights(ones.model), torch.tensor(1.0), rtol=0, atol=1e-20)
+    assert load_checkpoint(tmp_path / "zero" / tr.FINAL).meta.recipe["zero_init_residual"] is True
+    source = tmp_path / "ones" / tr.FINAL
+    assert load_checkpoint(source).meta.recipe["zero_init_residual"] is False
+    with pytest.raises(CbamVizError, match="--zero-init-residual True \\(the run has False\\)"):
+        tr.train(parse(argv(data_dir, tmp_path / "ones", "--zero-init-residual", steps=2)))
+    with pytest.raises(CbamVizError, match="give one or the other"):
+        tr.train(parse(argv(data_dir, tmp_path / "x", "--init", str(source), "--no-zero-init-residual")[2:]))
+    tr.train(parse(argv(data_dir, tmp_path / "chain", "--init", str(source), "--lr", "1e-30", steps=1)[2:]))
+    assert load_checkpoint(tmp_path / "chain" / tr.FINAL).meta.recipe["zero_init_residual"] is False
+
+
 def test_compile_wraps_only_the_training_net(data_dir, tmp_path, monkeypatch):
     """--compile hands the training module to torch.compile (a stand-in here: a real compile takes minutes)."""
     compiled = []
@@ -322,3 +344,19 @@ def test_background_gap_diagnostic(data_dir, straight, capsys, monkeypatch):
     background_gap.main()
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     assert len(rows) == 6 and all(0 <= float(r.split()[-1].rstrip("%")) <= 100 for r in rows), rows
+
+
+def test_branch_scale_diagnostic(data_dir, tiny_checkpoints):
+    """benchmarks/branch_scale.py: |bn3| for every block; in CBAM blocks also the mean gates and their product."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import branch_scale
+
+    val = ds.MaterializedSplit(data_dir, "val")
+    baseline = branch_scale.branch_scales(tiny_checkpoints["baseline"], val, scenes=2)
+    cbam = branch_scale.branch_scales(tiny_checkpoints["cbam"], val, scenes=2)
+    assert len(baseline) == len(cbam) == 16 and list(cbam)[0] == "layer1.0" and list(cbam)[-1] == "layer4.2"
+    assert all(row == {"bn3": 1.0} for row in baseline.values())  # torchvision init, no zero-init here
+    for row in cbam.values():
+        assert row["bn3"] == 1.0 and 0 < row["mc"] < 1 and 0 < row["ms"] < 1
+        assert math.isclose(row["effective"], row["bn3"] * row["mc"] * row["ms"])
+    assert len({round(row["ms"], 4) for row in cbam.values()}) > 1  # the gates were read per block, not one value
