@@ -4,8 +4,8 @@ One recipe for both architectures (the defaults are the published recipe):
 
 * SGD, Nesterov momentum 0.9, peak lr 0.1 x batch/32 (linear scaling), linear warmup over the first 5 % of steps,
   then cosine to 0; weight decay 5e-5 on conv/linear weights only (none on BN parameters or biases);
-  label smoothing 0.1; `zero_init_residual=True` (`--no-zero-init-residual`: every BN weight 1, as the official
-  CBAM code starts); ImageNet mean/std.
+  label smoothing 0.1; `zero_init_residual=True` (`--no-zero-init-residual` starts each residual branch's last BN
+  weight at 1, as the official CBAM code does); ImageNet mean/std.
 * Data: every training scene is a fresh composite drawn deterministically from (seed, "train", index): that is the
   whole augmentation. Step `s` consumes the global indices [s*B, (s+1)*B) of the stream, B the global batch;
   with W processes rank r takes the r-th contiguous B/W slice of them, so the image stream does not depend on W.
