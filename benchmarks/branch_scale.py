@@ -19,23 +19,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cbam_viz.attention import capture_attention  # noqa: E402
-from cbam_viz.checkpoints import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint  # noqa: E402
+from cbam_viz.cam import preprocess  # noqa: E402
+from cbam_viz.checkpoints import load_checkpoint  # noqa: E402
 from cbam_viz.dataset import MaterializedSplit  # noqa: E402
-from cbam_viz.train import scenes_to_tensors  # noqa: E402
 
 
 def branch_scales(path: Path, val: MaterializedSplit, scenes: int) -> dict[str, dict[str, float]]:
     """Per block: `bn3` = mean |bn3.weight|; for CBAM blocks also the mean gates and their product with `bn3`."""
     loaded = load_checkpoint(path)
-    model, size = loaded.model.float().eval(), loaded.meta.input_size
-    images, _ = scenes_to_tensors((val[i] for i in range(min(scenes, len(val)))), size)
-    x = images.float().div(255).sub(torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-    x = x.div(torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+    model = loaded.model.float().eval()
+    x = preprocess([val[i].image.convert("RGB") for i in range(min(scenes, len(val)))], loaded.meta)
     with torch.inference_mode(), capture_attention() as maps:
         model(x)
-    state = model.state_dict()
     rows = {}
-    for key, weight in state.items():
+    for key, weight in model.state_dict().items():
         if key.endswith(".bn3.weight"):
             block = key.removesuffix(".bn3.weight")
             row = {"bn3": weight.abs().mean().item()}
@@ -58,10 +55,8 @@ def main() -> None:
         print(path)
         print(f"  {'block':10s} {'|bn3|':>7s} {'mean Mc':>8s} {'mean Ms':>8s} {'|bn3|*Mc*Ms':>12s}")
         for block, row in branch_scales(path, val, args.scenes).items():
-            gates = (
-                f"{row['mc']:8.2f} {row['ms']:8.2f} {row['effective']:12.4f}" if "mc" in row else f"{'':8s} {'':8s} {'':12s}"
-            )
-            print(f"  {block:10s} {row['bn3']:7.3f} {gates}")
+            gates = f"{row['mc']:8.2f} {row['ms']:8.2f} {row['effective']:12.4f}" if "mc" in row else ""
+            print(f"  {block:10s} {row['bn3']:7.3f} {gates}".rstrip())
 
 
 if __name__ == "__main__":
