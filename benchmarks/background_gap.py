@@ -48,7 +48,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/stamps"), help="folder written by `data build`")
     parser.add_argument("--scenes", type=int, default=320, help="composed scenes per case")
     parser.add_argument(
-        "--unseen-seed", type=int, default=1000, help="scene seed no training used (the bundled chain used seeds 0-2 and 4)"
+        "--unseen-seed",
+        type=int,
+        default=1000,
+        help="scene seed no training used (the bundled chain used seeds 0-2 and 4)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
