@@ -2,7 +2,8 @@
 
 Per model: top-1, top-5, mean softmax P of the true class, pointing game (the CAM of the true class peaks within
 15 px of the object at 224 px, scaled to the scene size), energy in mask, and how often the peak lands on a
-distractor object instead. Prints a side-by-side table, writes JSON and a Sec. 4.3-style figure.
+distractor object instead. Prints a side-by-side table with the paired difference of CBAM from the baseline (a
+bootstrap interval, and McNemar's test for 0/1 metrics), writes JSON and a Sec. 4.3-style figure.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from cbam_viz.checkpoints import load_pair
 from cbam_viz.errors import CbamVizError
 from cbam_viz.fileio import atomic_write_bytes
 from cbam_viz.metrics import energy_in_mask, peak, pointing_hit
+from cbam_viz.paired import RESAMPLES, PairedDifference, paired_differences
 
 METRICS = (
     ("top1", "top-1 accuracy"),
@@ -30,6 +33,7 @@ METRICS = (
     ("energy", "energy in mask"),
     ("on_distractor", "CAM peak on a distractor"),
 )
+BINARY = frozenset({"top1", "top5", "pointing", "on_distractor"})  # 0 or 1 per scene: McNemar applies
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,13 +87,23 @@ def scene_scores(probs: np.ndarray, heatmap: np.ndarray, scene) -> dict[str, flo
     }
 
 
-def format_table(summary: dict[str, dict[str, float]], names: dict[str, str]) -> str:
-    """A side-by-side text table, one column per model."""
+def format_table(
+    summary: dict[str, dict[str, float]], names: dict[str, str], paired: dict[str, PairedDifference]
+) -> str:
+    """A side-by-side text table, one column per model, then CBAM minus baseline with its 95% interval and p."""
     keys = list(summary)
-    header = f"{'metric':32s}" + "".join(f"{names[k]:>16s}" for k in keys)
+    header = (f"{'metric':32s}" + "".join(f"{names[k]:>16s}" for k in keys)
+              + f"{'difference [95% interval]':>30s}   McNemar p (only {names['baseline']} / only {names['cbam']})")
     lines = [header, "-" * len(header)]
     for metric, label in METRICS:
-        lines.append(f"{label:32s}" + "".join(f"{100 * summary[k][metric]:15.1f}%" for k in keys))
+        diff = paired[metric]
+        test = "" if diff.p_value is None else f"{diff.p_value:.3f} ({diff.only_baseline} / {diff.only_cbam})"
+        lines.append(
+            f"{label:32s}" + "".join(f"{100 * summary[k][metric]:15.1f}%" for k in keys)
+            + f"{100 * diff.difference:+15.1f} [{100 * diff.low:+5.1f}, {100 * diff.high:+5.1f}]   {test}".rstrip()
+        )
+    lines.append(f"difference: {names['cbam']} minus {names['baseline']}, in points; interval: paired bootstrap "
+                 f"over scenes ({RESAMPLES:,} resamples)")
     return "\n".join(lines)
 
 
@@ -106,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         result = evaluate(split, models, args.batch_size, args.limit)
     names = {key: loaded.meta.display_name for key, loaded in models.items()}
+    paired = paired_differences(result["scenes"], [name for name, _ in METRICS], BINARY)
     print(f"{args.split} split: {result['count']} scenes, dataset {split.pack_hash[:12]}")
-    print(format_table(result["summary"], names))
+    print(format_table(result["summary"], names, paired))
     report = {
         "split": args.split,
         "count": result["count"],
@@ -115,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoints": {key: loaded.meta.source for key, loaded in models.items()},
         "seconds": round(time.perf_counter() - started, 1),
         "summary": result["summary"],
+        "cbam_minus_baseline": {metric: asdict(diff) for metric, diff in paired.items()},
         "scenes": result["scenes"],
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -101,6 +101,11 @@ def test_eval_command_end_to_end(tmp_path):
         assert all(0.0 <= v <= 1.0 for v in summary.values())
         # the summary is the mean of the per-scene records
         assert summary["pointing"] == pytest.approx(np.mean([s[key]["pointing"] for s in report["scenes"]]))
+    for metric, diff in report["cbam_minus_baseline"].items():
+        summary = report["summary"]
+        assert diff["difference"] == pytest.approx(summary["cbam"][metric] - summary["baseline"][metric])
+        assert diff["low"] <= diff["difference"] <= diff["high"]
+        assert (diff["p_value"] is None) == (metric in ("mean_p_true", "energy"))
     assert (out / "sec43_figure.png").stat().st_size > 10_000 and (out / "sec43_figure.pdf").exists()
 
 
