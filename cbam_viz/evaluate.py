@@ -97,7 +97,10 @@ def format_table(
     lines = [header, "-" * len(header)]
     for metric, label in METRICS:
         diff = paired[metric]
-        test = "" if diff.p_value is None else f"{diff.p_value:.3f} ({diff.only_baseline} / {diff.only_cbam})"
+        test = ""
+        if diff.p_value is not None:
+            p = f"{diff.p_value:.3f}" if diff.p_value >= 0.001 else f"{diff.p_value:.0e}"
+            test = f"{p} ({diff.only_baseline} / {diff.only_cbam})"
         lines.append(
             f"{label:32s}" + "".join(f"{100 * summary[k][metric]:15.1f}%" for k in keys)
             + f"{100 * diff.difference:+15.1f} [{100 * diff.low:+5.1f}, {100 * diff.high:+5.1f}]   {test}".rstrip()

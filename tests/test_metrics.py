@@ -9,7 +9,8 @@ import pytest
 
 from cbam_viz.cli import main
 from cbam_viz.dataset import AssetPack, MaterializedSplit, make_synthetic_pack, materialize_split
-from cbam_viz.evaluate import scene_scores
+from cbam_viz.evaluate import METRICS, format_table, scene_scores
+from cbam_viz.paired import PairedDifference
 from cbam_viz.metrics import agreement, box_mask, energy_in_mask, pointing_hit, pointing_tolerance
 from tests.conftest import make_checkpoint
 
@@ -78,6 +79,21 @@ def test_scene_scores_counts_distractor_peaks():
     assert on_target["top1"] == 1.0 and on_target["pointing"] == 1.0 and on_target["on_distractor"] == 0.0
     assert on_distractor["pointing"] == 0.0 and on_distractor["on_distractor"] == 1.0
     assert on_target["mean_p_true"] == pytest.approx(0.6) and on_target["top5"] == 1.0
+
+
+def test_table_shows_the_paired_difference_and_mcnemar():
+    names = [m for m, _ in METRICS]
+    summary = {"baseline": dict.fromkeys(names, 0.8), "cbam": dict.fromkeys(names, 0.775)}
+    paired = {m: PairedDifference(-0.025, -0.035, -0.015) for m in names}
+    paired["pointing"] = PairedDifference(-0.025, -0.035, -0.015, only_baseline=184, only_cbam=104, p_value=2.8e-6)
+    paired["top1"] = PairedDifference(-0.025, -0.035, -0.015, only_baseline=23, only_cbam=16, p_value=0.3368)
+    lines = format_table(summary, {"baseline": "ResNet50", "cbam": "CBAM"}, paired).splitlines()
+    row = {line[:32].strip(): line[32:] for line in lines}
+    assert row["pointing game (true class)"].split() == [
+        "80.0%", "77.5%", "-2.5", "[", "-3.5,", "-1.5]", "3e-06", "(184", "/", "104)"
+    ]
+    assert row["top-1 accuracy"].endswith("0.337 (23 / 16)")
+    assert row["energy in mask"].endswith("-1.5]")  # a continuous metric has no McNemar column
 
 
 def test_eval_command_end_to_end(tmp_path):
