@@ -3,7 +3,9 @@
 Per model: top-1, top-5, mean softmax P of the true class, pointing game (the CAM of the true class peaks within
 15 px of the object at 224 px, scaled to the scene size), energy in mask, and how often the peak lands on a
 distractor object instead. Prints a side-by-side table with the paired difference of CBAM from the baseline (a
-bootstrap interval, and McNemar's test for 0/1 metrics), writes JSON and a Sec. 4.3-style figure.
+bootstrap interval, and McNemar's test for 0/1 metrics), the same by object size (thirds of the scenes by the
+object's share of the image: a coarse CAM's single peak misses small objects most easily), writes JSON and a
+Sec. 4.3-style figure.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ METRICS = (
     ("on_distractor", "CAM peak on a distractor"),
 )
 BINARY = frozenset({"top1", "top5", "pointing", "on_distractor"})  # 0 or 1 per scene: McNemar applies
+SIZE_GROUPS = ("small", "medium", "large")
+SIZE_METRICS = ("pointing", "top1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +65,7 @@ def evaluate(split, models: dict, batch_size: int = 32, limit: int | None = None
             [s.image for s in scenes], models, max_side=None, image_targets=[s.label for s in scenes]
         )
         for index, (scene, comparison) in enumerate(zip(scenes, comparisons), start=start):
-            record = {"index": index, "label": scene.label}
+            record = {"index": index, "label": scene.label, "object_area": float(np.mean(scene.mask))}
             for key, res in comparison.results.items():
                 scores = scene_scores(res.probs, res.heatmaps[0], scene)
                 for name, value in scores.items():
@@ -85,6 +89,44 @@ def scene_scores(probs: np.ndarray, heatmap: np.ndarray, scene) -> dict[str, flo
         "energy": energy_in_mask(heatmap, scene.mask),
         "on_distractor": float(on_distractor),
     }
+
+
+def by_object_size(scenes: list[dict]) -> list[dict]:
+    """Thirds of the scenes by the object's share of the image, each with both models' pointing and top-1 and the
+    paired difference CBAM minus baseline."""
+    areas = np.array([s["object_area"] for s in scenes])
+    groups = []
+    for name, part in zip(SIZE_GROUPS, np.array_split(np.argsort(areas, kind="stable"), len(SIZE_GROUPS))):
+        if len(part) == 0:
+            continue
+        subset = [scenes[i] for i in part]
+        summary = {key: {m: float(np.mean([s[key][m] for s in subset])) for m in SIZE_METRICS}
+                   for key in ("baseline", "cbam")}
+        paired = paired_differences(subset, list(SIZE_METRICS), BINARY)
+        groups.append({
+            "group": name,
+            "count": len(subset),
+            "area_range": [float(areas[part].min()), float(areas[part].max())],
+            "summary": summary,
+            "cbam_minus_baseline": {metric: asdict(diff) for metric, diff in paired.items()},
+        })
+    return groups
+
+
+def format_size_table(groups: list[dict], names: dict[str, str]) -> str:
+    """One line per object-size group: each model's pointing and top-1, and CBAM minus baseline with its interval."""
+    header = f"{'object size (share of image)':32s}{'scenes':>8s}{'pointing game':>37s}{'top-1 accuracy':>37s}"
+    lines = [header, "-" * len(header)]
+    for group in groups:
+        smallest, largest = group["area_range"]
+        line = f"{group['group'] + f' ({100 * smallest:.1f}-{100 * largest:.1f}%)':32s}{group['count']:8d}"
+        for metric in SIZE_METRICS:
+            base, cbam = (100 * group["summary"][key][metric] for key in ("baseline", "cbam"))
+            diff, low, high = (100 * group["cbam_minus_baseline"][metric][k] for k in ("difference", "low", "high"))
+            line += f"{base:7.1f}% /{cbam:6.1f}%{diff:+7.1f} [{low:+5.1f}, {high:+5.1f}]"
+        lines.append(line)
+    lines.append(f"each: {names['baseline']} / {names['cbam']}, then their difference [95% interval] as above")
+    return "\n".join(lines)
 
 
 def format_table(
@@ -125,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
     names = {key: loaded.meta.display_name for key, loaded in models.items()}
     paired = paired_differences(result["scenes"], [name for name, _ in METRICS], BINARY)
     print(f"{args.split} split: {result['count']} scenes, dataset {split.pack_hash[:12]}")
+    sizes = by_object_size(result["scenes"])
     print(format_table(result["summary"], names, paired))
+    print(format_size_table(sizes, names))
     report = {
         "split": args.split,
         "count": result["count"],
@@ -134,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - started, 1),
         "summary": result["summary"],
         "cbam_minus_baseline": {metric: asdict(diff) for metric, diff in paired.items()},
+        "by_object_size": sizes,
         "scenes": result["scenes"],
     }
     args.out.mkdir(parents=True, exist_ok=True)

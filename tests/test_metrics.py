@@ -9,7 +9,7 @@ import pytest
 
 from cbam_viz.cli import main
 from cbam_viz.dataset import AssetPack, MaterializedSplit, make_synthetic_pack, materialize_split
-from cbam_viz.evaluate import METRICS, format_table, scene_scores
+from cbam_viz.evaluate import METRICS, by_object_size, format_size_table, format_table, scene_scores
 from cbam_viz.paired import PairedDifference
 from cbam_viz.metrics import agreement, box_mask, energy_in_mask, pointing_hit, pointing_tolerance
 from tests.conftest import make_checkpoint
@@ -96,6 +96,25 @@ def test_table_shows_the_paired_difference_and_mcnemar():
     assert row["energy in mask"].endswith("-1.5]")  # a continuous metric has no McNemar column
 
 
+def test_object_size_groups_locate_a_gap_on_small_objects():
+    # nine scenes, listed large to small; CBAM's CAM misses only the three smallest objects
+    scenes = [
+        {"object_area": area, "baseline": {"pointing": 1.0, "top1": 1.0},
+         "cbam": {"pointing": float(area > 0.035), "top1": 1.0}}
+        for area in np.linspace(0.09, 0.01, 9)
+    ]
+    groups = by_object_size(scenes)
+    assert [g["group"] for g in groups] == ["small", "medium", "large"]
+    assert [g["count"] for g in groups] == [3, 3, 3]
+    assert groups[0]["area_range"] == pytest.approx([0.01, 0.03])
+    assert groups[2]["area_range"] == pytest.approx([0.07, 0.09])
+    assert [g["cbam_minus_baseline"]["pointing"]["difference"] for g in groups] == [-1.0, 0.0, 0.0]
+    assert groups[0]["summary"]["cbam"]["pointing"] == 0.0
+    assert groups[0]["cbam_minus_baseline"]["top1"]["difference"] == 0.0
+    lines = format_size_table(groups, {"baseline": "ResNet50", "cbam": "CBAM"}).splitlines()
+    assert lines[2].split()[:9] == ["small", "(1.0-3.0%)", "3", "100.0%", "/", "0.0%", "-100.0", "[-100.0,", "-100.0]"]
+
+
 def test_eval_command_end_to_end(tmp_path):
     pack = AssetPack.load(make_synthetic_pack(tmp_path / "data" / "pack"))
     materialize_split(pack, tmp_path / "data", "test", per_class=1, size=64)
@@ -122,6 +141,9 @@ def test_eval_command_end_to_end(tmp_path):
         assert diff["difference"] == pytest.approx(summary["cbam"][metric] - summary["baseline"][metric])
         assert diff["low"] <= diff["difference"] <= diff["high"]
         assert (diff["p_value"] is None) == (metric in ("mean_p_true", "energy"))
+    sizes = report["by_object_size"]
+    assert sum(g["count"] for g in sizes) == report["count"]
+    assert all(a["area_range"][1] <= b["area_range"][0] for a, b in zip(sizes, sizes[1:]))
     assert (out / "sec43_figure.png").stat().st_size > 10_000 and (out / "sec43_figure.pdf").exists()
 
 
