@@ -14,6 +14,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 RESAMPLES = 10_000
+BLOCK = 500  # resamples per matrix product
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class PairedDifference:
     only_baseline: int | None = None
     only_cbam: int | None = None
     p_value: float | None = None
+
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value: under no difference, each discordant scene is a fair coin."""
@@ -50,9 +52,13 @@ def paired_differences(
     cbam = np.array([[s["cbam"][m] for m in metrics] for s in scenes], dtype=np.float64)
     diffs = cbam - base
     count = len(scenes)
-    # Each bootstrap resample is a multinomial count per scene, so all metrics' resampled means are one product.
-    weights = np.random.default_rng(seed).multinomial(count, np.full(count, 1.0 / count), size=resamples)
-    means = weights @ diffs / count
+    # A bootstrap resample is a multinomial count per scene, so a block of resamples' means is one matrix product;
+    # blocks keep the count matrix small on large splits.
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([
+        rng.multinomial(count, np.full(count, 1.0 / count), size=min(BLOCK, resamples - done)) @ diffs / count
+        for done in range(0, resamples, BLOCK)
+    ])
     tail = 100 * (1 - level) / 2
     lows, highs = np.percentile(means, [tail, 100 - tail], axis=0)
     result = {}
