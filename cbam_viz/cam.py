@@ -192,10 +192,12 @@ def run_models(
     layer: str = "layer4",
     max_side: int | None = 1024,
     image_targets: Sequence[TargetSpec] | None = None,
+    input_size: int | None = None,
 ) -> list[Comparison]:
     """Run every model once on a batch of RGB images; return one Comparison per image.
 
     `target` applies to every image; `image_targets` (one spec per image, e.g. ground-truth labels) overrides it.
+    `input_size` feeds the networks another side than the one each was trained at (default: the trained one).
     """
     if method not in METHODS:
         raise CbamVizError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
@@ -208,7 +210,9 @@ def run_models(
     else:
         specs = [[target] if isinstance(target, (str, int, np.integer)) else list(target)] * len(images)
     shown = [fit_within(im, max_side) for im in images]
-    per_model = {key: _run_one(loaded, images, shown, specs, method, layer) for key, loaded in models.items()}
+    per_model = {
+        key: _run_one(loaded, images, shown, specs, method, layer, input_size) for key, loaded in models.items()
+    }
     return [Comparison(im, {key: res[i] for key, res in per_model.items()}) for i, im in enumerate(shown)]
 
 
@@ -231,9 +235,10 @@ def _run_one(
     specs: list[list[TargetSpec]],
     method: str,
     layer: str,
+    input_size: int | None,
 ) -> list[ModelResult]:
     model, meta = loaded.model, loaded.meta
-    x = preprocess(images, meta).to(loaded.device)
+    x = preprocess(images, meta, input_size).to(loaded.device)
     with torch.inference_mode(), capture_attention() as maps:
         logits, features = forward_features(model, x)
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()

@@ -49,10 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, help="evaluate only the first N scenes (quick checks)")
     parser.add_argument("--figure-rows", type=int, default=6, help="scenes in the Sec. 4.3-style figure")
+    parser.add_argument(
+        "--input-size", type=int,
+        help="feed both networks this side in px instead of the one each was trained at (e.g. 224 for 160 px "
+        "checkpoints: a 7x7 instead of a 5x5 final map)",
+    )
     parser.add_argument("--device", default="cpu")
 
 
-def evaluate(split, models: dict, batch_size: int = 32, limit: int | None = None) -> dict:
+def evaluate(
+    split, models: dict, batch_size: int = 32, limit: int | None = None, input_size: int | None = None
+) -> dict:
     """Score every model on a materialized split; returns {model key: {metric: value}} plus per-scene records."""
     count = len(split) if limit is None else min(limit, len(split))
     if count == 0:
@@ -62,7 +69,8 @@ def evaluate(split, models: dict, batch_size: int = 32, limit: int | None = None
     for start in tqdm(range(0, count, batch_size), desc="eval", unit="batch"):
         scenes = [split[i] for i in range(start, min(start + batch_size, count))]
         comparisons = run_models(
-            [s.image for s in scenes], models, max_side=None, image_targets=[s.label for s in scenes]
+            [s.image for s in scenes], models, max_side=None, image_targets=[s.label for s in scenes],
+            input_size=input_size,
         )
         for index, (scene, comparison) in enumerate(zip(scenes, comparisons), start=start):
             record = {"index": index, "label": scene.label, "object_area": float(np.mean(scene.mask))}
@@ -156,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
     from cbam_viz.dataset import MaterializedSplit
     from cbam_viz.figures import paper_figure
 
+    if args.input_size is not None and args.input_size < 32:
+        raise CbamVizError(f"--input-size must be at least 32 px: ResNet50 downsamples by 32 (got {args.input_size})")
     split = MaterializedSplit(args.data, args.split)
     models = load_pair(args.baseline, args.cbam, args.device)
     for key, loaded in models.items():
@@ -163,10 +173,12 @@ def run(args: argparse.Namespace) -> int:
             raise CbamVizError(f"the {key} checkpoint's classes do not match the dataset's ({loaded.meta.source})")
     started = time.perf_counter()
     with torch.inference_mode():
-        result = evaluate(split, models, args.batch_size, args.limit)
+        result = evaluate(split, models, args.batch_size, args.limit, args.input_size)
     names = {key: loaded.meta.display_name for key, loaded in models.items()}
     paired = paired_differences(result["scenes"], [name for name, _ in METRICS], BINARY)
-    print(f"{args.split} split: {result['count']} scenes, dataset {split.pack_hash[:12]}")
+    input_sizes = {key: args.input_size or loaded.meta.input_size for key, loaded in models.items()}
+    print(f"{args.split} split: {result['count']} scenes, dataset {split.pack_hash[:12]}, input "
+          + " / ".join(f"{size} px" for size in input_sizes.values()))
     sizes = by_object_size(result["scenes"])
     print(format_table(result["summary"], names, paired))
     print(format_size_table(sizes, names))
@@ -175,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         "count": result["count"],
         "dataset_hash": split.pack_hash,
         "checkpoints": {key: loaded.meta.source for key, loaded in models.items()},
+        "input_size": input_sizes,
         "seconds": round(time.perf_counter() - started, 1),
         "summary": result["summary"],
         "cbam_minus_baseline": {metric: asdict(diff) for metric, diff in paired.items()},
@@ -185,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(args.out / "eval.json", json.dumps(report, indent=1).encode())
     rows = figure_rows(split, result["count"], args.figure_rows)
     figure = run_models([split[i].image for i in rows], models, max_side=None,
-                        image_targets=[split[i].label for i in rows])
+                        image_targets=[split[i].label for i in rows], input_size=args.input_size)
     paper_figure(
         [(c.image, c.results["baseline"], c.results["cbam"]) for c in figure],
         args.out / "sec43_figure.png",

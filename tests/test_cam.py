@@ -74,6 +74,17 @@ def test_batch_equals_single(tiny_models):
             np.testing.assert_allclose(together.results[key].heatmaps, alone.results[key].heatmaps, atol=1e-4)
 
 
+def test_input_size_changes_the_feature_map_not_the_heatmap_size(tiny_models):
+    # the tiny models are trained at 64 px: a 2x2 final map; at 128 px it is 4x4, heatmaps still cover the image
+    image = random_image(4, (80, 60))
+    trained, larger = (run_models([image], tiny_models, input_size=size)[0] for size in (None, 2 * INPUT_SIZE))
+    for key in tiny_models:
+        assert trained.results[key].cams.shape[-2:] == (INPUT_SIZE // 32, INPUT_SIZE // 32)
+        assert larger.results[key].cams.shape[-2:] == (INPUT_SIZE // 16, INPUT_SIZE // 16)
+        assert larger.results[key].heatmaps.shape == trained.results[key].heatmaps.shape == (1, 60, 80)
+        assert not np.allclose(larger.results[key].probs, trained.results[key].probs)
+
+
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "scorecam"])
 @pytest.mark.parametrize("layer", ["layer3", "layer4"])
 def test_every_method_through_grad_cam(tiny_models, method, layer):

@@ -130,6 +130,7 @@ def test_eval_command_end_to_end(tmp_path):
     report = json.loads((out / "eval.json").read_text())
     assert report["count"] == len(split) == len(split.class_names)
     assert report["dataset_hash"] == split.pack_hash
+    assert report["input_size"] == {"baseline": 64, "cbam": 64}  # the checkpoints' trained size
     for key in ("baseline", "cbam"):
         summary = report["summary"][key]
         assert set(summary) == {"top1", "top5", "mean_p_true", "pointing", "energy", "on_distractor"}
@@ -145,6 +146,12 @@ def test_eval_command_end_to_end(tmp_path):
     assert sum(g["count"] for g in sizes) == report["count"]
     assert all(a["area_range"][1] <= b["area_range"][0] for a, b in zip(sizes, sizes[1:]))
     assert (out / "sec43_figure.png").stat().st_size > 10_000 and (out / "sec43_figure.pdf").exists()
+
+
+def test_eval_refuses_an_input_size_below_32(tmp_path, tiny_checkpoints, capsys):
+    code = main(["eval", "--data", str(tmp_path), "--baseline", str(tiny_checkpoints["baseline"]),
+                 "--cbam", str(tiny_checkpoints["cbam"]), "--input-size", "16"])
+    assert code == 2 and "--input-size must be at least 32 px" in capsys.readouterr().err
 
 
 def test_eval_refuses_checkpoints_of_other_classes(tmp_path, tiny_checkpoints, capsys):
