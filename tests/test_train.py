@@ -15,13 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
 from cbam_viz import dataset as ds
 from cbam_viz import train as tr
-from cbam_viz.checkpoints import load_checkpoint
+from cbam_viz.checkpoints import load_checkpoint, load_pair
 from cbam_viz.errors import CbamVizError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,3 +361,34 @@ def test_branch_scale_diagnostic(data_dir, tiny_checkpoints):
         assert row["bn3"] == 1.0 and 0 < row["mc"] < 1 and 0 < row["ms"] < 1
         assert math.isclose(row["effective"], row["bn3"] * row["mc"] * row["ms"])
     assert len({round(row["ms"], 4) for row in cbam.values()}) > 1  # the gates were read per block, not one value
+
+
+def test_peak_location_diagnostic(data_dir, tiny_checkpoints, capsys):
+    """benchmarks/peak_location.py: one record per scene from real CAMs; misses summarized by ring and distance."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peak_location
+
+    split = ds.MaterializedSplit(data_dir, "val")
+    records = peak_location.peak_records(split, load_pair(tiny_checkpoints["baseline"], tiny_checkpoints["cbam"]), 4)
+    assert len(records) == len(split)
+    for record, index in zip(records, range(len(split))):
+        assert math.isclose(record["area"], float(split[index].mask.mean()))
+        for key in ("baseline", "cbam"):
+            hit, where = record[key]
+            assert isinstance(hit, bool) and ((0 <= where) & (where < 1)).all()
+
+    # hand-made: one small object missed by both (ResNet50's peak on the top edge, CBAM's one step beside it)
+    centre = np.array([0.5, 0.5])
+    made = [
+        {"area": 0.01, "centre": centre,
+         "baseline": (False, np.array([0.05, 0.5])), "cbam": (False, np.array([0.5, 0.6]))},
+        {"area": 0.5, "centre": centre, "baseline": (True, centre), "cbam": (True, centre)},
+        {"area": 0.6, "centre": centre, "baseline": (True, centre), "cbam": (True, centre)},
+    ]
+    peak_location.summarize(made, {"baseline": "B", "cbam": "C"})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "all scenes (3):" and lines[3] == "smallest third (1):"
+    assert "misses    1: peak on the outer ring 100.0%, median distance to object centre 0.450" in lines[1]
+    assert "misses    1: peak on the outer ring   0.0%, median distance to object centre 0.100" in lines[2]
+    assert lines[2].endswith("within 0.25 100.0%") and lines[1].endswith("within 0.25   0.0%")
+
