@@ -73,12 +73,18 @@ def evaluate(
             input_size=input_size,
         )
         for index, (scene, comparison) in enumerate(zip(scenes, comparisons), start=start):
-            record = {"index": index, "label": scene.label, "object_area": float(np.mean(scene.mask))}
+            side = np.array(scene.mask.shape, dtype=float)
+            record = {
+                "index": index,
+                "label": scene.label,
+                "object_area": float(np.mean(scene.mask)),
+                "object_centre": (np.argwhere(scene.mask).mean(axis=0) / side).tolist(),  # (row, col) fractions
+            }
             for key, res in comparison.results.items():
                 scores = scene_scores(res.probs, res.heatmaps[0], scene)
                 for name, value in scores.items():
                     sums[key][name] += value
-                record[key] = scores
+                record[key] = {**scores, "peak": (np.array(peak(res.heatmaps[0])) / side).tolist()}
             per_scene.append(record)
     summary = {key: {name: value / count for name, value in totals.items()} for key, totals in sums.items()}
     return {"count": count, "summary": summary, "scenes": per_scene}
@@ -99,14 +105,19 @@ def scene_scores(probs: np.ndarray, heatmap: np.ndarray, scene) -> dict[str, flo
     }
 
 
+def size_thirds(scenes: list[dict]) -> list[tuple[str, np.ndarray]]:
+    """(group name, scene indices) for the thirds of the scenes by the object's share of the image, smallest first."""
+    areas = np.array([s["object_area"] for s in scenes])
+    parts = np.array_split(np.argsort(areas, kind="stable"), len(SIZE_GROUPS))
+    return [(name, part) for name, part in zip(SIZE_GROUPS, parts) if len(part)]
+
+
 def by_object_size(scenes: list[dict]) -> list[dict]:
     """Thirds of the scenes by the object's share of the image, each with both models' pointing and top-1 and the
     paired difference CBAM minus baseline."""
     areas = np.array([s["object_area"] for s in scenes])
     groups = []
-    for name, part in zip(SIZE_GROUPS, np.array_split(np.argsort(areas, kind="stable"), len(SIZE_GROUPS))):
-        if len(part) == 0:
-            continue
+    for name, part in size_thirds(scenes):
         subset = [scenes[i] for i in part]
         summary = {key: {m: float(np.mean([s[key][m] for s in subset])) for m in SIZE_METRICS}
                    for key in ("baseline", "cbam")}

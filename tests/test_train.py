@@ -24,6 +24,7 @@ from cbam_viz import dataset as ds
 from cbam_viz import train as tr
 from cbam_viz.checkpoints import load_checkpoint, load_pair
 from cbam_viz.errors import CbamVizError
+from cbam_viz.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 32
@@ -364,31 +365,37 @@ def test_branch_scale_diagnostic(data_dir, tiny_checkpoints):
 
 
 def test_peak_location_diagnostic(data_dir, tiny_checkpoints, capsys):
-    """benchmarks/peak_location.py: one record per scene from real CAMs; misses summarized by ring and distance."""
+    """benchmarks/peak_location.py on eval's per-scene records: real ones from tiny models, then a hand-made miss."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import peak_location
 
     split = ds.MaterializedSplit(data_dir, "val")
-    records = peak_location.peak_records(split, load_pair(tiny_checkpoints["baseline"], tiny_checkpoints["cbam"]), 4)
-    assert len(records) == len(split)
-    for record, index in zip(records, range(len(split))):
-        assert math.isclose(record["area"], float(split[index].mask.mean()))
+    with torch.inference_mode():
+        scenes = evaluate(split, load_pair(tiny_checkpoints["baseline"], tiny_checkpoints["cbam"]), 4)["scenes"]
+    for record, index in zip(scenes, range(len(split))):
+        rows, cols = np.nonzero(split[index].mask)
+        side = split[index].mask.shape
+        assert np.allclose(record["object_centre"], [rows.mean() / side[0], cols.mean() / side[1]])
         for key in ("baseline", "cbam"):
-            hit, where = record[key]
-            assert isinstance(hit, bool) and ((0 <= where) & (where < 1)).all()
+            assert all(0 <= v < 1 for v in record[key]["peak"])
+    peak_location.summarize(scenes)
+    misses = sum(not s[key]["pointing"] for s in scenes for key in ("baseline", "cbam"))
+    printed = capsys.readouterr().out.splitlines()[1:3]
+    assert sum(int(line.split("misses")[1].split(":")[0]) for line in printed) == misses
 
-    # hand-made: one small object missed by both (ResNet50's peak on the top edge, CBAM's one step beside it)
-    centre = np.array([0.5, 0.5])
+    # hand-made: one small object missed by both (the baseline's peak on the top edge, CBAM's one step beside it)
+    centre = [0.5, 0.5]
+    hit = {"pointing": 1.0, "peak": centre}
     made = [
-        {"area": 0.01, "centre": centre,
-         "baseline": (False, np.array([0.05, 0.5])), "cbam": (False, np.array([0.5, 0.6]))},
-        {"area": 0.5, "centre": centre, "baseline": (True, centre), "cbam": (True, centre)},
-        {"area": 0.6, "centre": centre, "baseline": (True, centre), "cbam": (True, centre)},
+        {"object_area": 0.01, "object_centre": centre,
+         "baseline": {"pointing": 0.0, "peak": [0.05, 0.5]}, "cbam": {"pointing": 0.0, "peak": [0.5, 0.6]}},
+        {"object_area": 0.5, "object_centre": centre, "baseline": hit, "cbam": hit},
+        {"object_area": 0.6, "object_centre": centre, "baseline": hit, "cbam": hit},
     ]
-    peak_location.summarize(made, {"baseline": "B", "cbam": "C"})
+    peak_location.summarize(made)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "all scenes (3):" and lines[3] == "smallest third (1):"
     assert "misses    1: peak on the outer ring 100.0%, median distance to object centre 0.450" in lines[1]
     assert "misses    1: peak on the outer ring   0.0%, median distance to object centre 0.100" in lines[2]
     assert lines[2].endswith("within 0.25 100.0%") and lines[1].endswith("within 0.25   0.0%")
-
+    assert lines[4:] == lines[1:3]  # the small object is the smallest third
