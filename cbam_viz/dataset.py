@@ -989,8 +989,16 @@ def _place_object(
     return variant, image, info, (x, y), _placed_mask(np.asarray(image.getchannel("A")), x, y, size)
 
 
-def compose_scene(pack: AssetPack, split: str, index: int, size: int, seed: int = 0) -> Scene:
-    """Compose scene `index` of `split` at size x size pixels; identical for the same (split, index, seed)."""
+def compose_scene(
+    pack: AssetPack,
+    split: str,
+    index: int,
+    size: int,
+    seed: int = 0,
+    target_scale: tuple[float, float] = TARGET_SCALE,
+) -> Scene:
+    """Compose scene `index` of `split` at size x size pixels; identical for the same (split, index, seed).
+    `target_scale` (the target's longest side as a fraction of `size`) lets training draw other object sizes."""
     if size < 16:
         raise CbamVizError(f"scene size must be at least 16 px, got {size}")
     rng = scene_rng(split, index, seed)
@@ -1004,7 +1012,7 @@ def compose_scene(pack: AssetPack, split: str, index: int, size: int, seed: int 
 
     mirror_ok = bool(pack.manifest["classes"][label].get("mirror", True))
     variant, target, t_info, (tx, ty), t_mask = _place_object(
-        pack.object_images(label), TARGET_SCALE, TARGET_OVERFLOW, mirror_ok, size, rng
+        pack.object_images(label), target_scale, TARGET_OVERFLOW, mirror_ok, size, rng
     )
 
     # distractors
@@ -1059,7 +1067,16 @@ class SceneDataset(Dataset):
     Pickles cheaply: the pack's decoded-image cache is dropped, so each DataLoader worker decodes what it uses once.
     """
 
-    def __init__(self, pack: AssetPack | str | Path, split: str, size: int, length: int, seed: int = 0, transform=None):
+    def __init__(
+        self,
+        pack: AssetPack | str | Path,
+        split: str,
+        size: int,
+        length: int,
+        seed: int = 0,
+        transform=None,
+        target_scale: tuple[float, float] = TARGET_SCALE,
+    ):
         _check_split(split)
         self.pack = pack if isinstance(pack, AssetPack) else AssetPack.load(pack)
         self.split = split
@@ -1067,6 +1084,7 @@ class SceneDataset(Dataset):
         self.length = int(length)
         self.seed = int(seed)
         self.transform = transform
+        self.target_scale = (float(target_scale[0]), float(target_scale[1]))
 
     @property
     def class_names(self) -> list[str]:
@@ -1080,7 +1098,7 @@ class SceneDataset(Dataset):
         return self.length
 
     def scene(self, i: int) -> Scene:
-        return compose_scene(self.pack, self.split, i, self.size, self.seed)
+        return compose_scene(self.pack, self.split, i, self.size, self.seed, self.target_scale)
 
     def __getitem__(self, i: int):
         if i < 0:

@@ -59,6 +59,7 @@ from cbam_viz.checkpoints import (
     save_checkpoint,
 )
 from cbam_viz.cli import standalone
+from cbam_viz.dataset import TARGET_SCALE
 from cbam_viz.errors import CbamVizError
 from cbam_viz.fileio import atomic_path, atomic_write_bytes
 from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model
@@ -90,7 +91,7 @@ METRIC_COLUMNS = (
 # Settings that define the trained model: a resumed run must keep them.
 RECIPE_KEYS = (
     "arch", "steps", "batch_size", "lr", "warmup", "weight_decay", "label_smoothing", "size", "seed", "init",
-    "zero_init_residual",
+    "zero_init_residual", "target_scale",
 )  # fmt: skip
 
 
@@ -145,6 +146,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-smoothing", type=float, help=f"(default: {DEFAULT_LABEL_SMOOTHING})")
     parser.add_argument("--size", type=int, help="train/val image side in px (default: 160 on CPU, 224 on CUDA)")
     parser.add_argument("--seed", type=int, help="seed of the initial weights and of the scene stream (default: 0)")
+    parser.add_argument(
+        "--target-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
+        help="training scenes only: the target's longest side as a fraction of the image side, drawn uniformly "
+        f"(default: {TARGET_SCALE[0]} {TARGET_SCALE[1]}, as in the val and test splits)",
+    )  # fmt: skip
     parser.add_argument(
         "--init", type=Path, metavar="CHECKPOINT",
         help="start from this checkpoint's weights instead of random ones (same classes; its arch is the default "
@@ -205,6 +211,7 @@ class Config:
     seed: int
     init: str  # checkpoint the weights start from ("" = random init)
     zero_init_residual: bool  # random init: each residual branch's last BN weight starts at 0 (else 1)
+    target_scale: tuple[float, float]  # training scenes' target size range (fractions of the side)
     workers: int
     device: str  # "cpu" or "cuda"
     precision: str  # "bf16", "fp16" or "fp32"
@@ -236,6 +243,7 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
         "seed": args.seed,
         "init": str(args.init) if getattr(args, "init", None) else None,
         "zero_init_residual": getattr(args, "zero_init_residual", None),
+        "target_scale": tuple(args.target_scale) if getattr(args, "target_scale", None) else None,
     }
     batch = explicit["batch_size"]
     if batch is None:
@@ -247,7 +255,8 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
 
     if saved:
         # Runs saved before --init / --zero-init-residual existed started from random zero-init-residual weights.
-        saved = {"init": "", "zero_init_residual": True, **saved}
+        saved = {"init": "", "zero_init_residual": True, "target_scale": TARGET_SCALE, **saved}
+        saved["target_scale"] = tuple(saved["target_scale"])  # a list after the JSON round trip
         changed = [
             f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key] if saved[key] != '' else 'none'})"
             for key in RECIPE_KEYS
@@ -276,6 +285,7 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
             "seed": explicit["seed"] if explicit["seed"] is not None else 0,
             "init": explicit["init"] or "",
             "zero_init_residual": explicit["zero_init_residual"] is not False,
+            "target_scale": explicit["target_scale"] or TARGET_SCALE,
         }
         if explicit["init"] and explicit["zero_init_residual"] is not None:
             raise TrainError(
@@ -332,6 +342,8 @@ def _validate(cfg: Config, world_size: int) -> None:
         problems.append(f"--weight-decay must be >= 0 (got {cfg.weight_decay})")
     if not 0 <= cfg.label_smoothing < 1:
         problems.append(f"--label-smoothing must be in [0, 1) (got {cfg.label_smoothing})")
+    if not 0 < cfg.target_scale[0] <= cfg.target_scale[1] <= 1:
+        problems.append(f"--target-scale needs 0 < MIN <= MAX <= 1 (got {cfg.target_scale[0]} {cfg.target_scale[1]})")
     if cfg.size < MIN_SIZE:
         problems.append(f"--size must be at least {MIN_SIZE} pixels (got {cfg.size})")
     if cfg.workers < 0:
@@ -353,7 +365,8 @@ class DataSource:
 
     class_names: list[str]
     info: dict  # recorded as the checkpoints' `dataset` metadata (pack hash, version...)
-    train_dataset: Callable[[int, int, int], Dataset]  # (size, length, seed) -> items (uint8 CHW tensor, label)
+    # (size, length, seed, target_scale) -> items (uint8 CHW tensor, label)
+    train_dataset: Callable[[int, int, int, tuple[float, float]], Dataset]
     val_split: Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]  # (size, rank, world) -> uint8 NCHW, labels
 
 
@@ -375,8 +388,8 @@ def open_data(root: str | Path) -> DataSource:
     if len(val) == 0:
         raise TrainError(f"{root / 'val'} holds no scenes")
 
-    def train_dataset(size: int, length: int, seed: int) -> Dataset:
-        return ds.SceneDataset(pack, "train", size=size, length=length, seed=seed)
+    def train_dataset(size: int, length: int, seed: int, target_scale: tuple[float, float]) -> Dataset:
+        return ds.SceneDataset(pack, "train", size=size, length=length, seed=seed, target_scale=target_scale)
 
     def val_split(size: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
         return scenes_to_tensors((val[i] for i in range(rank, len(val), world)), size)
@@ -814,6 +827,7 @@ def _train(
             # How the chain's random init was done (checkpoints from before the option all used zero init).
             "zero_init_residual": init_info.get("zero_init_residual", True) if init_info else cfg.zero_init_residual,
             "augmentation": "none besides the scene generator (every training scene is a fresh composite)",
+            "target_scale": list(cfg.target_scale),
             "precision": cfg.precision,
             "channels_last": True,
             "compiled": cfg.compile,
@@ -880,7 +894,7 @@ def _train(
     # Training loop.
     completed = step >= cfg.steps
     loader = DataLoader(
-        data.train_dataset(cfg.size, cfg.total_images, cfg.seed),
+        data.train_dataset(cfg.size, cfg.total_images, cfg.seed, cfg.target_scale),
         batch_sampler=StepBatches(step, cfg.steps, cfg.batch_size, ctx.rank, ctx.world),
         num_workers=0 if completed else cfg.workers,
         pin_memory=device.type == "cuda",

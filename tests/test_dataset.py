@@ -113,6 +113,19 @@ def test_target_scale_and_visibility(pack):
     assert any(ds.compose_scene(pack, "train", i, size, seed=2).info["target"]["flip"] for i in range(20))
 
 
+def test_training_can_draw_other_target_sizes(pack):
+    """`target_scale` changes only the target's size: the scene's class, background and crop stay those of the
+    default scene, and SceneDataset hands the range to every scene it composes."""
+    size, small = 128, (0.10, 0.15)
+    data = ds.SceneDataset(pack, "train", size, length=30, seed=2, target_scale=small)
+    for i in range(30):
+        default, scene = ds.compose_scene(pack, "train", i, size, seed=2), data.scene(i)
+        assert small[0] * size - 1 <= scene.info["target"]["longest"] <= small[1] * size + 1
+        assert (scene.label, scene.info["background"], scene.info["crop"]) == (
+            default.label, default.info["background"], default.info["crop"]
+        )
+
+
 def test_backgrounds_are_disjoint_between_splits(pack, pack_dir):
     files = {s: set(pack.backgrounds[s]) for s in ds.SPLITS}
     assert all(files[s] for s in ds.SPLITS)

@@ -219,6 +219,8 @@ def test_schedule_and_weight_decay_groups():
         (["--label-smoothing", "1"], "--label-smoothing"),
         (["--workers", "-1"], "--workers must be >= 0"),
         (["--precision", "fp16"], "needs a CUDA device"),
+        (["--target-scale", "0.5", "0.2"], "--target-scale needs 0 < MIN <= MAX <= 1"),
+        (["--target-scale", "0", "0.5"], "--target-scale needs"),
     ],
 )
 def test_bad_arguments_are_clear_errors(data_dir, tmp_path, extra, message):
@@ -312,6 +314,19 @@ def test_zero_init_residual_option(data_dir, tmp_path):
         tr.train(parse(argv(data_dir, tmp_path / "x", "--init", str(source), "--no-zero-init-residual")[2:]))
     tr.train(parse(argv(data_dir, tmp_path / "chain", "--init", str(source), "--lr", "1e-30", steps=1)[2:]))
     assert load_checkpoint(tmp_path / "chain" / tr.FINAL).meta.recipe["zero_init_residual"] is False
+
+
+def test_target_scale_option(data_dir, tmp_path):
+    """--target-scale sizes the training scenes' targets; it is in the recipe and a resume must keep it."""
+    out = tmp_path / "small"
+    result = tr.train(parse(argv(data_dir, out, "--target-scale", "0.1", "0.3", "--lr", "1e-30", steps=1)))
+    assert result.config.target_scale == (0.1, 0.3)
+    assert load_checkpoint(out / tr.FINAL).meta.recipe["target_scale"] == [0.1, 0.3]
+    scenes = tr.open_data(data_dir).train_dataset(64, 20, 0, result.config.target_scale)
+    assert all(scenes.scene(i).info["target"]["longest"] <= 0.3 * 64 + 1 for i in range(20))
+    with pytest.raises(CbamVizError, match=r"--target-scale \(0.2, 0.7\) \(the run has \(0.1, 0.3\)\)"):
+        tr.train(parse(argv(data_dir, out, "--target-scale", "0.2", "0.7", steps=2)))
+    assert tr.train(parse(argv(data_dir, out, steps=1))).config.target_scale == (0.1, 0.3)  # resumes as it was
 
 
 def test_compile_wraps_only_the_training_net(data_dir, tmp_path, monkeypatch):
