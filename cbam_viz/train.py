@@ -48,6 +48,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from cbam_viz import dataset as ds
 from cbam_viz.checkpoints import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -59,7 +60,6 @@ from cbam_viz.checkpoints import (
     save_checkpoint,
 )
 from cbam_viz.cli import standalone
-from cbam_viz.dataset import TARGET_SCALE
 from cbam_viz.errors import CbamVizError
 from cbam_viz.fileio import atomic_path, atomic_write_bytes
 from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model
@@ -149,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
         help="training scenes only: the target's longest side as a fraction of the image side, drawn uniformly "
-        f"(default: {TARGET_SCALE[0]} {TARGET_SCALE[1]}, as in the val and test splits)",
+        f"(default: {ds.TARGET_SCALE[0]} {ds.TARGET_SCALE[1]}, as in the val and test splits)",
     )  # fmt: skip
     parser.add_argument(
         "--init", type=Path, metavar="CHECKPOINT",
@@ -254,9 +254,9 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
         explicit["steps"] = math.ceil(args.images / batch) if batch > 0 else 0
 
     if saved:
-        # Runs saved before --init / --zero-init-residual existed started from random zero-init-residual weights.
-        saved = {"init": "", "zero_init_residual": True, "target_scale": TARGET_SCALE, **saved}
-        saved["target_scale"] = tuple(saved["target_scale"])  # a list after the JSON round trip
+        # Runs saved before --init / --zero-init-residual / --target-scale existed started from random
+        # zero-init-residual weights and drew their targets at the default sizes.
+        saved = {"init": "", "zero_init_residual": True, "target_scale": ds.TARGET_SCALE, **saved}
         changed = [
             f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key] if saved[key] != '' else 'none'})"
             for key in RECIPE_KEYS
@@ -285,7 +285,7 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
             "seed": explicit["seed"] if explicit["seed"] is not None else 0,
             "init": explicit["init"] or "",
             "zero_init_residual": explicit["zero_init_residual"] is not False,
-            "target_scale": explicit["target_scale"] or TARGET_SCALE,
+            "target_scale": explicit["target_scale"] or ds.TARGET_SCALE,
         }
         if explicit["init"] and explicit["zero_init_residual"] is not None:
             raise TrainError(
@@ -379,8 +379,6 @@ def open_data(root: str | Path) -> DataSource:
             f"{root} is not a stamp-scenes folder (it needs pack/ and val/): build it first with "
             f"`python -m cbam_viz data build --out {root}`"
         )
-    from cbam_viz import dataset as ds
-
     pack = ds.AssetPack.load(pack_dir)
     val = ds.MaterializedSplit(root, "val")
     if val.pack_hash != pack.pack_hash or list(val.class_names) != list(pack.class_names):
