@@ -372,11 +372,22 @@ def test_branch_scale_diagnostic(data_dir, tiny_checkpoints):
     baseline = branch_scale.branch_scales(tiny_checkpoints["baseline"], val, scenes=2)
     cbam = branch_scale.branch_scales(tiny_checkpoints["cbam"], val, scenes=2)
     assert len(baseline) == len(cbam) == 16 and list(cbam)[0] == "layer1.0" and list(cbam)[-1] == "layer4.2"
-    assert all(row == {"bn3": 1.0} for row in baseline.values())  # torchvision init, no zero-init here
+    assert all(row["bn3"] == 1.0 and row["ratio"] > 0 for row in baseline.values())  # torchvision init
     for row in cbam.values():
-        assert row["bn3"] == 1.0 and 0 < row["mc"] < 1 and 0 < row["ms"] < 1
+        assert row["bn3"] == 1.0 and 0 < row["mc"] < 1 and 0 < row["ms"] < 1 and row["ratio"] > 0
         assert math.isclose(row["effective"], row["bn3"] * row["mc"] * row["ms"])
     assert len({round(row["ms"], 4) for row in cbam.values()}) > 1  # the gates were read per block, not one value
+    # the ratio by hand for one block with a projection shortcut: the gated branch is smaller than the bare one
+    model = load_checkpoint(tiny_checkpoints["cbam"]).model.eval()
+    seen = branch_scale.watch_branches(model)
+    with torch.inference_mode():
+        model(torch.randn(2, 3, SIZE, SIZE))
+        block = model.layer2[0]
+        inner = block.relu(block.bn1(block.conv1(seen["layer2.0"]["input"])))
+        inner = block.bn3(block.conv3(block.relu(block.bn2(block.conv2(inner)))))
+        assert torch.allclose(seen["layer2.0"]["branch"], block.cbam(inner))
+        assert torch.allclose(seen["layer2.0"]["shortcut"], block.downsample(seen["layer2.0"]["input"]))
+        assert seen["layer2.0"]["branch"].norm() < inner.norm()
 
 
 def test_peak_location_diagnostic(data_dir, tiny_checkpoints, capsys):
@@ -414,3 +425,42 @@ def test_peak_location_diagnostic(data_dir, tiny_checkpoints, capsys):
     assert "misses    1: peak on the outer ring   0.0%, median distance to object centre 0.100" in lines[2]
     assert lines[2].endswith("within 0.25 100.0%") and lines[1].endswith("within 0.25   0.0%")
     assert lines[4:] == lines[1:3]  # the small object is the smallest third
+
+
+def test_gate_ablation_diagnostic(data_dir, tiny_checkpoints, capsys, monkeypatch):
+    """benchmarks/gate_ablation.py: a zeroed stage passes on its shortcuts alone, a flat gate is its own mean, and
+    the report pairs every variant with its trained model."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gate_ablation
+
+    from cbam_viz.cbam import SpatialAttention
+
+    cbam = load_checkpoint(tiny_checkpoints["cbam"]).model.eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    seen = {}
+    block = cbam.layer4[0]
+    block.register_forward_hook(lambda module, inputs, out: seen.update(x=inputs[0], out=out))
+    gate = cbam.layer3[1].cbam.spatial
+    watch = gate.register_forward_hook(lambda module, inputs, ms: seen.update(ms=ms))
+    with torch.inference_mode():
+        cbam(x)
+        trained_ms = seen["ms"].clone()
+        watch.remove()
+        assert gate_ablation.hook_stages(cbam, ("layer3",), SpatialAttention, "spatial", gate_ablation.flat_gate) == 6
+        gate.register_forward_hook(lambda module, inputs, ms: seen.update(ms=ms))  # after the flat one: sees its map
+        cbam(x)
+        flat = seen["ms"]
+        assert torch.allclose(flat, trained_ms.mean(dim=(2, 3), keepdim=True).expand_as(flat))
+        assert not torch.allclose(flat, trained_ms)
+        assert gate_ablation.hook_stages(cbam, ("layer4",), torch.nn.BatchNorm2d, "bn3", gate_ablation.zero_branch) == 3
+        cbam(x)
+        assert torch.equal(seen["out"], torch.relu(block.downsample(seen["x"])))
+
+    monkeypatch.setattr(sys, "argv", ["gate_ablation", str(tiny_checkpoints["baseline"]),
+                                      str(tiny_checkpoints["cbam"]), "--data", str(data_dir), "--batch-size", "3"])
+    gate_ablation.main()
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split()[0].rstrip(",") for line in out if line.startswith("  ")]
+    assert len(rows) == 4 * 8 and rows.count("baseline") == 4 * 3 and rows.count("cbam") == 4 * 5
+    assert "cbam, no layer3-4 branches: 9 modules hooked" in out and "cbam, flat Ms all: 16 modules hooked" in out
+    assert sum("minus cbam:" in line for line in out) == 4 * 4
