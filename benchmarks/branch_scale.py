@@ -25,14 +25,15 @@ from cbam_viz.checkpoints import load_checkpoint  # noqa: E402
 from cbam_viz.dataset import MaterializedSplit  # noqa: E402
 
 
-def watch_branches(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """Hook every bottleneck so a forward pass records its branch output (after CBAM, where present, before the
-    add) and its shortcut (the block's input, or the downsample projection's output); keyed by block name."""
-    seen: dict[str, dict[str, torch.Tensor]] = {}
+def watch_branches(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """Hook every bottleneck so a forward pass records the L2 norms of its branch output (after CBAM, where present,
+    before the add) and of its shortcut (the block's input, or the downsample projection's output), by block name.
+    The norms are taken inside the hooks: torchvision's block adds the shortcut onto bn3's output in place."""
+    seen: dict[str, dict[str, float]] = {}
 
     def keep(block: str, part: str, from_input: bool = False):
         def hook(module, inputs, output):
-            seen.setdefault(block, {})[part] = inputs[0] if from_input else output
+            seen.setdefault(block, {})[part] = (inputs[0] if from_input else output).float().norm().item()
         return hook
 
     for name, module in model.named_modules():
@@ -59,7 +60,7 @@ def branch_scales(path: Path, val: MaterializedSplit, scenes: int) -> dict[str, 
             block = key.removesuffix(".bn3.weight")
             parts = seen[block]
             shortcut = parts.get("shortcut", parts["input"])
-            row = {"bn3": weight.abs().mean().item(), "ratio": (parts["branch"].norm() / shortcut.norm()).item()}
+            row = {"bn3": weight.abs().mean().item(), "ratio": parts["branch"] / shortcut}
             if block in maps.spatial:
                 row["mc"] = maps.channel[block].mean().item()
                 row["ms"] = maps.spatial[block].mean().item()

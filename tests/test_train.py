@@ -377,17 +377,22 @@ def test_branch_scale_diagnostic(data_dir, tiny_checkpoints):
         assert row["bn3"] == 1.0 and 0 < row["mc"] < 1 and 0 < row["ms"] < 1 and row["ratio"] > 0
         assert math.isclose(row["effective"], row["bn3"] * row["mc"] * row["ms"])
     assert len({round(row["ms"], 4) for row in cbam.values()}) > 1  # the gates were read per block, not one value
-    # the ratio by hand for one block with a projection shortcut: the gated branch is smaller than the bare one
-    model = load_checkpoint(tiny_checkpoints["cbam"]).model.eval()
-    seen = branch_scale.watch_branches(model)
-    with torch.inference_mode():
-        model(torch.randn(2, 3, SIZE, SIZE))
-        block = model.layer2[0]
-        inner = block.relu(block.bn1(block.conv1(seen["layer2.0"]["input"])))
-        inner = block.bn3(block.conv3(block.relu(block.bn2(block.conv2(inner)))))
-        assert torch.allclose(seen["layer2.0"]["branch"], block.cbam(inner))
-        assert torch.allclose(seen["layer2.0"]["shortcut"], block.downsample(seen["layer2.0"]["input"]))
-        assert seen["layer2.0"]["branch"].norm() < inner.norm()
+    # the norms by hand for one block with a projection shortcut, in both models (torchvision's block adds the
+    # shortcut onto bn3's output in place: the hook must read it before that)
+    for key, branch_of in (("baseline", lambda block, x: x), ("cbam", lambda block, x: block.cbam(x))):
+        model = load_checkpoint(tiny_checkpoints[key]).model.eval()
+        seen = branch_scale.watch_branches(model)
+        inputs = {}
+        model.layer2[0].register_forward_hook(lambda module, args, out: inputs.update(x=args[0]))
+        with torch.inference_mode():
+            model(torch.randn(2, 3, SIZE, SIZE))
+            block = model.layer2[0]
+            inner = block.relu(block.bn1(block.conv1(inputs["x"])))
+            inner = block.bn3(block.conv3(block.relu(block.bn2(block.conv2(inner)))))
+            assert math.isclose(seen["layer2.0"]["branch"], branch_of(block, inner).norm().item(), rel_tol=1e-4)
+            assert math.isclose(seen["layer2.0"]["shortcut"], block.downsample(inputs["x"]).norm().item(),
+                                rel_tol=1e-4)
+            assert math.isclose(seen["layer2.0"]["input"], inputs["x"].norm().item(), rel_tol=1e-4)
 
 
 def test_peak_location_diagnostic(data_dir, tiny_checkpoints, capsys):
