@@ -432,11 +432,11 @@ def test_peak_location_diagnostic(data_dir, tiny_checkpoints, capsys):
     assert lines[4:] == lines[1:3]  # the small object is the smallest third
 
 
-def test_gate_ablation_diagnostic(data_dir, tiny_checkpoints, capsys, monkeypatch):
-    """benchmarks/gate_ablation.py: a zeroed stage passes on its shortcuts alone, a flat gate is its own mean, and
+def test_ablation_diagnostic(data_dir, tiny_checkpoints, capsys, monkeypatch):
+    """benchmarks/ablation.py: a zeroed stage passes on its shortcuts alone, a flat gate is its own mean, and
     the report pairs every variant with its trained model."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import gate_ablation
+    import ablation
 
     from cbam_viz.cbam import SpatialAttention
 
@@ -451,19 +451,19 @@ def test_gate_ablation_diagnostic(data_dir, tiny_checkpoints, capsys, monkeypatc
         cbam(x)
         trained_ms = seen["ms"].clone()
         watch.remove()
-        assert gate_ablation.hook_stages(cbam, ("layer3",), SpatialAttention, "spatial", gate_ablation.flat_gate) == 6
+        assert ablation.hook_stages(cbam, ("layer3",), SpatialAttention, "spatial", ablation.flat_gate) == 6
         gate.register_forward_hook(lambda module, inputs, ms: seen.update(ms=ms))  # after the flat one: sees its map
         cbam(x)
         flat = seen["ms"]
         assert torch.allclose(flat, trained_ms.mean(dim=(2, 3), keepdim=True).expand_as(flat))
         assert not torch.allclose(flat, trained_ms)
-        assert gate_ablation.hook_stages(cbam, ("layer4",), torch.nn.BatchNorm2d, "bn3", gate_ablation.zero_branch) == 3
+        assert ablation.hook_stages(cbam, ("layer4",), torch.nn.BatchNorm2d, "bn3", ablation.zero_branch) == 3
         cbam(x)
         assert torch.equal(seen["out"], torch.relu(block.downsample(seen["x"])))
 
-    monkeypatch.setattr(sys, "argv", ["gate_ablation", str(tiny_checkpoints["baseline"]),
+    monkeypatch.setattr(sys, "argv", ["ablation", str(tiny_checkpoints["baseline"]),
                                       str(tiny_checkpoints["cbam"]), "--data", str(data_dir), "--batch-size", "3"])
-    gate_ablation.main()
+    ablation.main()
     out = capsys.readouterr().out.splitlines()
     rows = [line.split()[0].rstrip(",") for line in out if line.startswith("  ")]
     assert len(rows) == 4 * 8 and rows.count("baseline") == 4 * 3 and rows.count("cbam") == 4 * 5

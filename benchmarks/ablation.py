@@ -1,7 +1,7 @@
 """What CBAM's spatial gates and each stage's residual branches do to top-1 and the Grad-CAM peak: switch them off
 at inference and re-score.
 
-    python benchmarks/gate_ablation.py --data data/stamps32v2 --split val \
+    python benchmarks/ablation.py --data data/stamps32v2 --split val \
         weights/resnet50_baseline.safetensors weights/resnet50_cbam.safetensors
 
 Why: CBAM-ResNet50's CAM maximum misses small objects about 5 points more often than ResNet50's, about one cell of
