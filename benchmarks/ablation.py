@@ -87,7 +87,7 @@ def main() -> None:
     for key, (path, arch) in paths.items():
         models[key] = load_checkpoint(path, arch=arch)
         references[key] = "baseline" if key == "cbam" else key
-        variants = [(f"{name}", stages, torch.nn.BatchNorm2d, "bn3", zero_branch) for name, stages in DROP.items()]
+        variants = [(name, stages, torch.nn.BatchNorm2d, "bn3", zero_branch) for name, stages in DROP.items()]
         if key == "cbam":
             variants += [(name, stages, SpatialAttention, "spatial", flat_gate) for name, stages in FLAT.items()]
         for name, stages, kind, suffix, hook in variants:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torchvision.models.resnet import Bottleneck
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,7 +38,7 @@ def watch_branches(model: torch.nn.Module) -> dict[str, dict[str, float]]:
         return hook
 
     for name, module in model.named_modules():
-        if hasattr(module, "bn3"):
+        if isinstance(module, Bottleneck):  # CBAMBottleneck too
             module.register_forward_hook(keep(name, "input", from_input=True))
             getattr(module, "cbam", module.bn3).register_forward_hook(keep(name, "branch"))
             if module.downsample is not None:
