@@ -41,8 +41,10 @@ from cbam_viz.webapp import (  # noqa: E402
     caption_markdown,
     check_controls,
     export_figure,
+    familiarity_banner,
     format_box,
     heatmap_overlay,
+    knowledge_markdown,
     localization_markdown,
     localization_preview,
     model_info_markdown,
@@ -131,7 +133,7 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
             scores_json(analysis, localization),
         )
 
-    empty_page = (None, "", None, None, "", None, None, None, "")
+    empty_page = (gr.Markdown(visible=False), None, "", None, None, "", None, None, None, "")
 
     @user_errors
     def update_page(image, target, method, layer, opacity, colormap, box):
@@ -142,7 +144,8 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
         analysis = studio.analyse(source, target, method, layer)
         localization = studio.localize(analysis, parse_box(box))
         title = METHODS[method][1].split(" (")[0] + ("" if layer == "layer4" else f" · {layer}")
-        outputs = []
+        warning = familiarity_banner(analysis)
+        outputs = [gr.Markdown(warning, visible=bool(warning))]
         for key in ("baseline", "cbam"):
             result = analysis.results[key]
             outputs += [
@@ -230,7 +233,13 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
                         label="Bundled scenes (object masks included: see Localization)",
                         examples_per_page=12,
                     )
+                gr.Markdown(knowledge_markdown(studio.models), elem_id="knowledge")
+                gr.Dataframe(
+                    [[name] for name in studio.class_names], headers=["what the models know"], interactive=False,
+                    show_search="search", max_height=220, elem_id="known-classes", show_row_numbers=True,
+                )
             with gr.Column(scale=3, min_width=300):
+                banner = gr.Markdown(visible=False, elem_id="familiarity-banner")
                 with gr.Row(equal_height=False, elem_id="heatmaps"):
                     columns = []
                     for key in ("baseline", "cbam"):
@@ -318,7 +327,9 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
 
         # ------------------------------------------------------------------------------------------ events
         controls = [image, target, method, layer, opacity, colormap, box]
-        page_outputs = [heat_base, cap_base, top5_base, heat_cbam, cap_cbam, top5_cbam, scores, loc_preview, loc_text]
+        page_outputs = [
+            banner, heat_base, cap_base, top5_base, heat_cbam, cap_cbam, top5_cbam, scores, loc_preview, loc_text,
+        ]
         page = {"preprocess": False, "api_visibility": "private"}
         gr.on(
             [target.change, method.change, layer.change, colormap.change, opacity.release, box.submit, box.blur],

@@ -34,6 +34,7 @@ from torchvision.transforms.v2 import functional as TF
 from cbam_viz.attention import AttentionMaps, capture_attention
 from cbam_viz.checkpoints import LoadedModel, ModelMeta
 from cbam_viz.errors import CbamVizError
+from cbam_viz.familiarity import FamiliarityScore, pool
 from cbam_viz.models import STAGES, forward_features
 
 # name -> (grad-cam class, label shown to people)
@@ -61,7 +62,8 @@ class Prediction:
 
 @dataclass
 class ModelResult:
-    """One model's answer for one image: top-5, CAMs for the requested targets, attention, layer4 features."""
+    """One model's answer for one image: top-5, CAMs for the requested targets, attention, layer4 features, and
+    whether the image looks like the model's training data (None where the checkpoint has no detector)."""
 
     meta: ModelMeta
     probs: np.ndarray  # (num_classes,) softmax
@@ -72,6 +74,7 @@ class ModelResult:
     features: torch.Tensor  # (K, h, w) layer4 activations: any other class's Grad-CAM without a rerun
     method: str
     layer: str
+    familiarity: FamiliarityScore | None = None
 
     def prediction(self, index: int) -> Prediction:
         return Prediction(index, self.meta.class_names[index], float(self.probs[index]))
@@ -242,6 +245,7 @@ def _run_one(
     with torch.inference_mode(), capture_attention() as maps:
         logits, features = forward_features(model, x)
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        familiarity = loaded.familiarity.judge(pool(features).cpu(), probs) if loaded.familiarity else None
     targets = [[c for spec in spec_list for c in resolve_target(spec, meta, p)] for spec_list, p in zip(specs, probs)]
     if len(set(map(len, targets))) != 1:
         raise CbamVizError("every image needs the same number of targets")
@@ -263,6 +267,7 @@ def _run_one(
                 features=features[i].float().cpu(),
                 method=method,
                 layer=layer,
+                familiarity=familiarity[i] if familiarity else None,
             )
         )
     return results

@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import re
 import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cbam_viz.errors import CbamVizError
+from cbam_viz.familiarity import STORED_METHODS, TENSOR_PREFIX, Familiarity
 from cbam_viz.fileio import atomic_path
 from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model
 
@@ -28,6 +31,10 @@ FORMAT_TAG = "cbam_viz"
 
 class CheckpointError(CbamVizError):
     """A checkpoint file that cannot be read or does not fit the architecture."""
+
+
+class FamiliarityWarning(UserWarning):
+    """A checkpoint's familiarity statistics are unusable: the model loads without them."""
 
 
 @dataclass
@@ -55,10 +62,12 @@ class ModelMeta:
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode on its device, with its metadata; `lock` serialises hook-based (grad-cam) passes."""
+    """A model in eval mode on its device, with its metadata and familiarity detector (None where the checkpoint
+    has none); `lock` serialises hook-based (grad-cam) passes."""
 
     model: nn.Module
     meta: ModelMeta
+    familiarity: Familiarity | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -66,13 +75,41 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: ModelMeta, dtype: torch.dtype = torch.float16) -> None:
-    """Write the model's state (floating tensors cast to `dtype`) and metadata to a safetensors file, atomically."""
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    meta: ModelMeta,
+    dtype: torch.dtype = torch.float16,
+    familiarity: Familiarity | None = None,
+) -> None:
+    """Write the model's state (floating tensors cast to `dtype`), metadata and familiarity statistics to a
+    safetensors file, atomically."""
     state = {
         k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in model.state_dict().items()
     }
-    header = {"format": FORMAT_TAG, "meta": json.dumps({**asdict(meta), "source": ""})}
+    _write(path, state, {"format": FORMAT_TAG, "meta": json.dumps({**asdict(meta), "source": ""})}, familiarity)
+
+
+def store_familiarity(path: str | Path, familiarity: Familiarity) -> None:
+    """Put `familiarity` into our safetensors checkpoint at `path` (replacing any there), atomically; the model's
+    tensors and metadata are kept byte for byte."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(
+            f"{path.name}: familiarity statistics are stored in cbam_viz safetensors checkpoints only"
+        )
+    state, header = _read_raw(path)
+    if header.get("format") != FORMAT_TAG:
+        raise CheckpointError(f"{path.name} is not a cbam_viz checkpoint: familiarity statistics cannot be stored")
+    model_state = {k: v for k, v in state.items() if not k.startswith(TENSOR_PREFIX)}
+    _write(path, model_state, {k: v for k, v in header.items() if k != "familiarity"}, familiarity)
+
+
+def _write(path: str | Path, state: dict, header: dict[str, str], familiarity: Familiarity | None) -> None:
+    if familiarity is not None:
+        state = {**state, **{TENSOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in familiarity.tensors.items()}}
+        header = {**header, "familiarity": json.dumps(familiarity.header())}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=header)
 
@@ -83,31 +120,81 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", arch: 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        state, meta = _read_safetensors(path)
+        state, meta, header = _read_safetensors(path)
     else:
-        state, meta = _read_torch(path)
+        (state, meta), header = _read_torch(path), {}
     if arch is not None and arch != meta.arch:
         raise CheckpointError(f"{path.name} holds a {meta.arch} checkpoint, but {arch} was asked for")
     meta.source = str(path)
+    tensors = {k[len(TENSOR_PREFIX) :]: state.pop(k) for k in [k for k in state if k.startswith(TENSOR_PREFIX)]}
     model = _build_and_fill(state, meta, path.name)
-    return LoadedModel(model.to(device).eval(), meta)
+    familiarity = read_familiarity(tensors, header.get("familiarity"), meta, model.fc.in_features, path.name)
+    return LoadedModel(model.to(device).eval(), meta, familiarity)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
+def read_familiarity(
+    tensors: dict[str, torch.Tensor], header: str | None, meta: ModelMeta, features: int, name: str
+) -> Familiarity | None:
+    """The checkpoint's familiarity detector, or None; unusable statistics give a FamiliarityWarning naming them."""
+    if header is None and not tensors:
+        return None
+    try:
+        if header is None:
+            raise ValueError(f"tensors {', '.join(sorted(tensors))} without their header entry")
+        info = json.loads(header)
+        method, threshold = info.pop("method"), float(info.pop("threshold"))
+        if method not in STORED_METHODS or not np.isfinite(threshold):
+            raise ValueError(f"method {method!r} with threshold {threshold}")
+        _check_familiarity_tensors(method, tensors, meta.num_classes, features)
+    except (KeyError, TypeError, ValueError) as err:
+        warnings.warn(
+            f"{name}: familiarity statistics are unusable ({err}); the model loads without them "
+            "(familiarity: not available)",
+            FamiliarityWarning,
+            stacklevel=3,
+        )
+        return None
+    return Familiarity(method, threshold, {k: v.float() for k, v in tensors.items()}, info)
+
+
+def _check_familiarity_tensors(method: str, tensors: dict[str, torch.Tensor], classes: int, features: int) -> None:
+    shapes = {
+        "mahalanobis": {"whitening": (features, features), "means": (classes, features)},
+        "knn": {"bank": (None, features)},
+    }[method]
+    missing = sorted(set(shapes) - set(tensors))
+    if missing:
+        raise ValueError(f"missing tensor(s) {', '.join(TENSOR_PREFIX + k for k in missing)}")
+    for key, shape in shapes.items():
+        tensor = tensors[key]
+        if tensor.ndim != len(shape) or any(want not in (None, got) for want, got in zip(shape, tensor.shape)):
+            raise ValueError(f"{TENSOR_PREFIX}{key} has shape {tuple(tensor.shape)}, expected {shape}")
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise ValueError(f"{TENSOR_PREFIX}{key} holds non-finite or non-float values")
+
+
+def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         state = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path.name} is not a readable safetensors file ({err})") from None
+    return state, header
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta, dict[str, str]]:
+    state, header = _read_raw(path)
+    name = path.name
     if header.get("format") == FORMAT_TAG:
         try:
             fields = json.loads(header["meta"])
             fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
-            return state, ModelMeta(**fields)
+            return state, ModelMeta(**fields), header
         except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path.name} has damaged metadata ({err})") from None
-    return _normalise_foreign(state, path.name)
+            raise CheckpointError(f"{name} has damaged metadata ({err})") from None
+    state, meta = _normalise_foreign(state, name)
+    return state, meta, header
 
 
 def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:

@@ -1055,6 +1055,25 @@ def compose_scene(
     return Scene(canvas, mask, label, [labels == k + 2 for k in range(len(dists))], bbox, info)
 
 
+UNKNOWN_STREAM = 7  # keeps the random numbers of unknown-subject scenes apart from those of the split's scenes
+
+
+def compose_unknown_scene(pack: AssetPack, split: str, index: int, size: int, seed: int = 0) -> Image.Image:
+    """A scene composed like `split`'s but showing none of the classes: a held-out (distractor) subject where the
+    target would stand, at the target's size, and 0-2 more distractors; identical for the same arguments."""
+    _check_split(split)
+    rng = np.random.default_rng([int(seed) % (1 << 64), SPLIT_IDS[split], int(index), UNKNOWN_STREAM])
+    backgrounds = pack.backgrounds[split]
+    canvas, _ = _background_crop(pack.background_image(split, int(rng.integers(len(backgrounds)))), size, rng)
+    for j in range(1 + int(rng.integers(0, 3))):
+        d_i = int(rng.integers(len(pack.distractor_names)))
+        mirror_ok = bool(pack.manifest["distractors"][d_i].get("mirror", True))
+        scale, overflow = (TARGET_SCALE, TARGET_OVERFLOW) if j == 0 else (DISTRACTOR_SCALE, DISTRACTOR_OVERFLOW)
+        _, image, _, xy, _ = _place_object(pack.distractor_images(d_i), scale, overflow, mirror_ok, size, rng)
+        canvas.paste(image, xy, image)
+    return canvas
+
+
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """An RGB PIL image as a uint8 CHW tensor."""
     arr = np.asarray(image.convert("RGB"))

@@ -641,6 +641,7 @@ def scores_json(analysis: Analysis, localization: Localization | None = None) ->
                 "pointing_hit": bool(s["pointing_hit"]),
                 "energy_in_mask": round(float(s["energy_in_mask"]), 6),
             }
+        entry["familiarity"] = res.familiarity.as_json() if res.familiarity else None
         agree = last_attention_agreement(res)
         if agree is not None:
             entry["attention_agreement"] = {"block": agree[0], "pearson": round(agree[1], 6)}
@@ -679,13 +680,76 @@ def model_info_markdown(loaded: LoadedModel, max_classes: int = 60) -> str:
         f"- **input**: {meta.input_size}×{meta.input_size} px, mean {_floats(meta.mean)}, std {_floats(meta.std)}",
         f"- **classes** ({len(names)}): {shown}",
     ]
-    for title, table in (("dataset", meta.dataset), ("training recipe", meta.recipe), ("test metrics", meta.metrics)):
+    lines.append(f"- **familiarity**: {familiarity_summary(loaded)}")
+    tables = (("dataset", meta.dataset), ("training recipe", meta.recipe), ("validation metrics", meta.metrics))
+    for title, table in tables:
         if not table:
             lines.append(f"- **{title}**: not recorded in the checkpoint")
             continue
         lines.append(f"- **{title}**:")
         lines += [f"    - {_md(str(k))}: {_md(_value(v))}" for k, v in table.items()]
     return "\n".join(lines)
+
+
+# What each known training set looks like, for the panel that says what the models know.
+DATASET_KINDS = {
+    "stamp scenes": (
+        "stamp subjects",
+        "photos of single objects (Tux Paint's photographic stamps) pasted onto nature photographs, with up to "
+        "two other objects as clutter",
+    ),
+    "ImageNet-1k": ("ImageNet classes", "ImageNet photographs"),
+}
+
+
+def known_classes(meta: Any) -> str:
+    """'the 32 stamp subjects', 'the 1000 ImageNet classes', or 'the 5 classes' of a checkpoint."""
+    noun = DATASET_KINDS.get(meta.dataset.get("name", ""), ("classes", ""))[0]
+    return f"the {meta.num_classes} {noun}"
+
+
+def knowledge_markdown(models: dict[str, LoadedModel]) -> str:
+    """What the models were trained to recognise and on which kind of images (shown beside the upload)."""
+    described: dict[str, list[str]] = {}
+    for loaded in models.values():
+        meta = loaded.meta
+        kind = DATASET_KINDS.get(meta.dataset.get("name", ""), ("", ""))[1]
+        described.setdefault(known_classes(meta) + (f", trained on {kind}" if kind else ""), []).append(
+            meta.display_name
+        )
+    lines = [
+        f"**{' and '.join(names)}** know{'s' if len(names) == 1 else ''} {what}." for what, names in described.items()
+    ]
+    lines.append(
+        "Other photos still get a class and a heatmap, but those mean nothing: a warning above the heatmaps says "
+        "when an image looks unlike the training images."
+    )
+    return "  \n".join(lines)
+
+
+def familiarity_banner(analysis: Analysis) -> str:
+    """A warning naming the models that find the image unfamiliar; '' when every model with a detector finds it
+    familiar (or none has one)."""
+    strangers = [res for res in analysis.results.values() if res.familiarity and res.familiarity.unfamiliar]
+    if not strangers:
+        return ""
+    names = " and ".join(res.meta.display_name for res in strangers)
+    classes = known_classes(strangers[0].meta)
+    whose = "these models were" if len(strangers) == len(analysis.results) else f"{names} was"
+    return (
+        f"⚠️ **This image looks unlike {classes} {whose} trained on** (unfamiliar to {names}): "
+        "the top-5 and heatmaps here are not meaningful."
+    )
+
+
+def familiarity_summary(loaded: LoadedModel) -> str:
+    """One line on the checkpoint's familiarity detector, or 'not available'."""
+    fam = loaded.familiarity
+    if fam is None:
+        return "not available (the checkpoint carries no familiarity statistics)"
+    fit = f", fit on {fam.info['train_images']} training images" if "train_images" in fam.info else ""
+    keep = fam.info.get("keep", 0.95)
+    return f"{fam.method} distance, threshold {fam.threshold:.4g}{fit} (keeps {keep:.0%} of validation images familiar)"
 
 
 def _floats(values: Sequence[float]) -> str:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cbam_viz.checkpoints import LoadedModel, ModelMeta, load_pair, save_checkpoint
+from cbam_viz.checkpoints import LoadedModel, ModelMeta, load_checkpoint, load_pair, save_checkpoint, store_familiarity
+from cbam_viz.familiarity import Familiarity, fit_tensors
 from cbam_viz.models import build_model
 
 CLASS_NAMES = ["red square", "green disc", "blue bar", "yellow ring", "white star"]
@@ -54,3 +55,21 @@ def random_image(seed: int, size: tuple[int, int] = (72, 56)) -> Image.Image:
     y, x = rng.integers(0, size[1] - 10), rng.integers(0, size[0] - 10)
     pixels[y : y + 10, x : x + 10] = 255
     return Image.fromarray(pixels)
+
+
+def attach_knn_detector(
+    path: Path, familiar: list[Image.Image], threshold: float | None = None, unfamiliar: Image.Image | None = None
+) -> Path:
+    """Store a knn detector (k=1) in the checkpoint whose bank is the features of `familiar` (distance 0 to
+    them); the threshold is given, or half the distance of `unfamiliar`, which then is unfamiliar."""
+    from cbam_viz.familiarity_cli import extract
+
+    loaded = load_checkpoint(path)
+    pooled, _ = extract({"m": loaded}, familiar, len(familiar))["m"]
+    fam = Familiarity("knn", 0.0, fit_tensors("knn", pooled, np.zeros(len(pooled), int), 1), {"k": 1})
+    if threshold is None:
+        odd_pooled, odd_probs = extract({"m": loaded}, [unfamiliar], 1)["m"]
+        threshold = float(fam.scores(torch.from_numpy(odd_pooled), odd_probs)[0]) / 2
+    fam.threshold = threshold
+    store_familiarity(path, fam)
+    return path

@@ -1,0 +1,176 @@
+"""Familiarity: does an image look like the data a checkpoint was trained on?
+
+A classifier gives confident answers on any photo; these detectors say when that answer means nothing. Each works
+on the pooled layer4 features the forward pass computes anyway, so scoring costs no extra pass:
+
+* ``mahalanobis`` (Lee et al., 2018): class-conditional Gaussians with one shared covariance (Ledoit-Wolf shrunk);
+  the score is the Mahalanobis distance to the nearest class mean.
+* ``knn`` (Sun et al., 2022): the distance from the L2-normalised feature to its k-th nearest neighbour among the
+  normalised training features.
+* ``msp`` (Hendrycks & Gimpel, 2017): one minus the maximum softmax probability, the baseline every paper reports.
+
+Every score grows as an image looks less familiar. The threshold keeps 95% of the validation images familiar.
+The statistics of one detector live inside the checkpoint (safetensors tensors ``familiarity.*`` plus a JSON
+header entry), so a checkpoint carries its own familiarity model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+METHODS = ("mahalanobis", "knn", "msp")
+STORED_METHODS = ("mahalanobis", "knn")  # msp needs no statistics: it is measured, never stored
+TENSOR_PREFIX = "familiarity."
+KEEP = 0.95  # share of validation images that stay familiar at the threshold
+DEFAULT_K = 10
+FEATURE = "layer4 global average pool"
+
+
+@dataclass
+class FamiliarityScore:
+    """One image's familiarity under one checkpoint's detector."""
+
+    score: float
+    threshold: float
+    unfamiliar: bool
+    method: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"score": round(self.score, 6), "threshold": round(self.threshold, 6), "unfamiliar": self.unfamiliar,
+                "method": self.method}
+
+
+@dataclass
+class Familiarity:
+    """A fitted detector: its tensors, its threshold and where it was fit (`info`, stored in the checkpoint)."""
+
+    method: str
+    threshold: float
+    tensors: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def scores(self, pooled: torch.Tensor, probs: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
+        """Raw scores (N,) of pooled features (N, K); higher = less familiar."""
+        return detector_scores(self.method, self.tensors, pooled, probs, int(self.info.get("k", DEFAULT_K)))
+
+    def judge(self, pooled: torch.Tensor, probs: torch.Tensor | np.ndarray | None = None) -> list[FamiliarityScore]:
+        """One FamiliarityScore per image."""
+        return [
+            FamiliarityScore(float(s), self.threshold, bool(s > self.threshold), self.method)
+            for s in self.scores(pooled, probs)
+        ]
+
+    def header(self) -> dict[str, Any]:
+        """What goes into the checkpoint's JSON header beside the tensors."""
+        return {"method": self.method, "threshold": self.threshold, **self.info}
+
+
+def pool(features: torch.Tensor) -> torch.Tensor:
+    """Layer4 activations (N, K, h, w) -> the pooled features (N, K) the classifier sees, in float32."""
+    return features.float().mean(dim=(2, 3))
+
+
+def detector_scores(
+    method: str,
+    tensors: dict[str, torch.Tensor],
+    pooled: torch.Tensor,
+    probs: torch.Tensor | np.ndarray | None = None,
+    k: int = DEFAULT_K,
+) -> np.ndarray:
+    """Scores (N,) of `method` given its fitted tensors; higher = less familiar."""
+    x = pooled.float()
+    if method == "mahalanobis":
+        y = x @ tensors["whitening"].float().T  # (N, K): whitened features
+        means = tensors["means"].float()  # (C, K): whitened class means
+        sq = (y * y).sum(1, keepdim=True) - 2 * y @ means.T + (means * means).sum(1)[None]
+        return sq.min(dim=1).values.clamp_min(0).sqrt().numpy()
+    if method == "knn":
+        bank = tensors["bank"].float()  # (M, K), unit rows
+        z = torch.nn.functional.normalize(x, dim=1)
+        sim = z @ bank.T
+        kth = sim.topk(min(k, bank.shape[0]), dim=1).values[:, -1]
+        return (2 - 2 * kth).clamp_min(0).sqrt().numpy()
+    if method == "msp":
+        if probs is None:
+            raise ValueError("the msp score needs the softmax probabilities")
+        p = torch.as_tensor(np.asarray(probs), dtype=torch.float32)
+        return (1 - p.max(dim=1).values).numpy()
+    raise ValueError(f"unknown familiarity method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+def ledoit_wolf(centred: np.ndarray) -> np.ndarray:
+    """Ledoit-Wolf shrunk covariance of centred samples (N, K): well conditioned even when N is near K."""
+    n, k = centred.shape
+    emp = centred.T @ centred / n
+    mu = np.trace(emp) / k
+    delta = ((emp - mu * np.eye(k)) ** 2).sum() / k
+    x2 = centred**2
+    beta = min(((x2.T @ x2).sum() / n - (emp**2).sum()) / (k * n), delta)
+    shrink = beta / delta if delta > 0 else 1.0
+    cov = (1 - shrink) * emp
+    cov[np.diag_indices(k)] += shrink * mu
+    return cov
+
+
+def fit_tensors(method: str, pooled: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, torch.Tensor]:
+    """The statistics of `method` from training features (N, K) and their labels."""
+    pooled = pooled.astype(np.float64)
+    if method == "mahalanobis":
+        present = np.unique(labels)
+        if len(present) < num_classes:
+            missing = sorted(set(range(num_classes)) - set(present.tolist()))
+            raise ValueError(f"no training image of class(es) {missing[:5]}: cannot fit class means")
+        means = np.stack([pooled[labels == c].mean(0) for c in range(num_classes)])
+        cov = ledoit_wolf(pooled - means[labels])
+        eigval, eigvec = np.linalg.eigh(cov)
+        whitening = (eigvec / np.sqrt(np.maximum(eigval, eigval.max() * 1e-9))).T  # W with W^T W = cov^-1
+        return {
+            "whitening": torch.from_numpy(whitening.astype(np.float32)),
+            "means": torch.from_numpy((means @ whitening.T).astype(np.float32)),
+        }
+    if method == "knn":
+        bank = torch.nn.functional.normalize(torch.from_numpy(pooled.astype(np.float32)), dim=1)
+        return {"bank": bank.to(torch.float16)}
+    if method == "msp":
+        return {}
+    raise ValueError(f"unknown familiarity method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def threshold_at(val_scores: np.ndarray, keep: float = KEEP) -> float:
+    """The score below which `keep` of the validation images lie: they stay familiar, the rest do not."""
+    if len(val_scores) == 0:
+        raise ValueError("no validation scores to set the threshold on")
+    return float(np.quantile(np.asarray(val_scores, dtype=np.float64), keep, method="inverted_cdf"))
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def auroc(familiar: np.ndarray, unfamiliar: np.ndarray) -> float:
+    """Area under the ROC curve for telling unfamiliar (positive, higher score) from familiar images; ties count half."""
+    familiar, unfamiliar = np.asarray(familiar, float), np.asarray(unfamiliar, float)
+    both = np.concatenate([familiar, unfamiliar])
+    ranks = _average_ranks(both)
+    n_pos, n_neg = len(unfamiliar), len(familiar)
+    return float((ranks[n_neg:].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    sorted_values = values[order]
+    start = 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or sorted_values[end] != sorted_values[start]:
+            ranks[order[start:end]] = (start + end + 1) / 2  # 1-based average rank of the tie group
+            start = end
+    return ranks
+
+
+def fpr_at_tpr(familiar: np.ndarray, unfamiliar: np.ndarray, tpr: float = KEEP) -> float:
+    """Share of unfamiliar images still called familiar when the threshold keeps `tpr` of the familiar ones."""
+    threshold = threshold_at(familiar, tpr)
+    return float(np.mean(np.asarray(unfamiliar) <= threshold))

@@ -1,0 +1,294 @@
+"""`python -m cbam_viz familiarity fit|eval`: fit a checkpoint's familiarity detector, and measure every detector.
+
+`fit` extracts the pooled layer4 features of training scenes (the checkpoint's own training distribution) and of
+the validation split, fits the chosen detector, sets its threshold so that 95% of the validation images stay
+familiar, and stores it inside the checkpoint, atomically.
+
+`eval` fits all detectors the same way and measures each, with the maximum softmax probability beside them, as
+AUROC and false-positive rate at 95% true-positive rate: familiar = the test split, unfamiliar = (a) scenes
+composed like the test split whose only subjects are held-out distractor stamps, and (b) real photographs from
+Debian packages showing none of the classes (downloaded with apt-get once, like `data build`'s assets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from cbam_viz.cam import preprocess
+from cbam_viz.checkpoints import LoadedModel, load_checkpoint, load_pair, store_familiarity
+from cbam_viz.errors import CbamVizError
+from cbam_viz.familiarity import (
+    DEFAULT_K,
+    FEATURE,
+    KEEP,
+    METHODS,
+    STORED_METHODS,
+    Familiarity,
+    auroc,
+    detector_scores,
+    fit_tensors,
+    fpr_at_tpr,
+    pool,
+    threshold_at,
+)
+from cbam_viz.fileio import atomic_write_bytes
+from cbam_viz.models import forward_features
+from cbam_viz.rcc import read_rcc
+
+DEFAULT_METHOD = "knn"
+DEFAULT_TRAIN_IMAGES = 3200
+FIT_SEED = 1  # scene stream of the fit's training scenes (any seed draws from the training distribution)
+
+# The unfamiliar set (b): which photos of which Debian package, with their subjects, credits and sha256.
+PHOTO_LIST = Path(__file__).with_name("unfamiliar_photos.json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fit = sub.add_parser("fit", help="fit a checkpoint's detector on its training data and store it in the file")
+    fit.add_argument("--checkpoint", type=Path, required=True, help="cbam_viz .safetensors checkpoint to update")
+    fit.add_argument("--method", choices=STORED_METHODS, default=DEFAULT_METHOD, help="(default: %(default)s)")
+    _common(fit)
+    ev = sub.add_parser("eval", help="AUROC / FPR95 of every detector on unfamiliar scenes and real photos")
+    ev.add_argument("--baseline", type=Path, help="baseline checkpoint (default: bundled)")
+    ev.add_argument("--cbam", type=Path, help="CBAM checkpoint (default: bundled)")
+    ev.add_argument("--photos", type=Path, help="folder of real photos showing none of the classes "
+                    "(default: the Debian photo set, downloaded once into --cache)")
+    ev.add_argument("--unknown-scenes", type=int, default=640, help="unknown-subject scenes (default: %(default)s)")
+    ev.add_argument("--out", type=Path, default=Path("runs/familiarity"), help="folder for familiarity_eval.json")
+    _common(ev)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="folder written by `data build` (pack and splits)")
+    parser.add_argument("--images", type=int, default=DEFAULT_TRAIN_IMAGES,
+                        help="training scenes to fit on (default: %(default)s)")
+    parser.add_argument("--k", type=int, default=DEFAULT_K, help="neighbour rank of the knn score (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache", type=Path, help="where downloaded Debian packages are kept (default: data build's)")
+
+
+# ------------------------------------------------------------------------------------------------- features
+@torch.inference_mode()
+def extract(
+    models: dict[str, LoadedModel], images: Iterable[Image.Image], count: int, batch_size: int = 32, desc: str = ""
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Pooled layer4 features (N, K) and softmax (N, C) of each model, preprocessed exactly as the app does."""
+    out: dict[str, tuple[list, list]] = {key: ([], []) for key in models}
+    for batch in _batches(tqdm(images, total=count, desc=desc, unit="img", file=sys.stderr), batch_size):
+        for key, loaded in models.items():
+            logits, features = forward_features(loaded.model, preprocess(batch, loaded.meta).to(loaded.device))
+            out[key][0].append(pool(features).cpu().numpy())
+            out[key][1].append(torch.softmax(logits.float(), 1).cpu().numpy())
+    return {key: (np.concatenate(p), np.concatenate(q)) for key, (p, q) in out.items()}
+
+
+def _batches(items: Iterable[Image.Image], size: int) -> Iterator[list[Image.Image]]:
+    batch: list[Image.Image] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def training_scenes(data: Path, count: int, size: int) -> tuple[Iterator[Image.Image], list[int], dict[str, Any]]:
+    """`count` training scenes of the pack under `data` at `size` px, their labels, and a description of them."""
+    from cbam_viz.dataset import AssetPack, SceneDataset
+
+    scenes = SceneDataset(AssetPack.load(data), "train", size, count, seed=FIT_SEED)
+    labels: list[int] = []  # filled while iterating: composing each scene twice would double the cost
+
+    def images() -> Iterator[Image.Image]:
+        for i in range(count):
+            scene = scenes.scene(i)
+            labels.append(scene.label)
+            yield scene.image
+
+    info = {"data": "stamp scenes", "pack_hash": scenes.pack_hash, "train_images": count, "train_seed": FIT_SEED,
+            "size": size}
+    return images(), labels, info
+
+
+def validation_split(data: Path, split: str = "val"):
+    from cbam_viz.dataset import MaterializedSplit
+
+    return MaterializedSplit(data, split)
+
+
+def fit_detectors(
+    models: dict[str, LoadedModel], data: Path, count: int, batch_size: int, methods: Sequence[str], k: int
+) -> tuple[dict[str, dict[str, Familiarity]], dict[str, Any]]:
+    """Fit each method for each model on `count` training scenes; thresholds keep 95% of the val split familiar."""
+    if count < 2:
+        raise CbamVizError("--images must be at least 2")
+    sizes = {loaded.meta.input_size for loaded in models.values()}
+    images, labels, info = training_scenes(data, count, max(sizes))
+    train = extract(models, images, count, batch_size, desc="training scenes")
+    val = validation_split(data)
+    for key, loaded in models.items():
+        if loaded.meta.class_names != val.class_names:
+            raise CbamVizError(f"the {key} checkpoint's classes do not match the dataset's ({loaded.meta.source})")
+    val_features = extract(models, (val[i].image for i in range(len(val))), len(val), batch_size, desc="val split")
+    info = {**info, "val_images": len(val), "keep": KEEP, "feature": FEATURE, "k": k}
+    fitted: dict[str, dict[str, Familiarity]] = {}
+    for key, loaded in models.items():
+        pooled, _ = train[key]
+        fitted[key] = {}
+        for method in methods:
+            tensors = fit_tensors(method, pooled, np.asarray(labels), loaded.meta.num_classes)
+            scores = detector_scores(method, tensors, torch.from_numpy(val_features[key][0]), val_features[key][1], k)
+            fitted[key][method] = Familiarity(method, threshold_at(scores), tensors, dict(info))
+    return fitted, info
+
+
+# ------------------------------------------------------------------------------------------------------- fit
+def run_fit(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    loaded = load_checkpoint(args.checkpoint, args.device)
+    fitted, info = fit_detectors({"model": loaded}, args.data, args.images, args.batch_size, [args.method], args.k)
+    familiarity = fitted["model"][args.method]
+    store_familiarity(args.checkpoint, familiarity)
+    stored = load_checkpoint(args.checkpoint, "cpu").familiarity
+    if stored is None or stored.method != args.method:
+        raise CbamVizError(f"{args.checkpoint} was written but its familiarity statistics do not read back")
+    print(f"{loaded.meta.display_name}: {args.method} fitted on {info['train_images']} training scenes, threshold "
+          f"{familiarity.threshold:.4f} (keeps {KEEP:.0%} of {info['val_images']} val scenes familiar), stored in "
+          f"{args.checkpoint} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ eval
+def debian_photos(cache: Path | None) -> list[Path]:
+    """The real-photo set (b): the photos PHOTO_LIST names, read out of their Debian package's resource bundles
+    (downloaded with apt-get once) into `cache`, each checked against its sha256."""
+    from cbam_viz.dataset import DEFAULT_CACHE, fetch_debian_assets
+
+    listing = json.loads(PHOTO_LIST.read_text(encoding="utf-8"))
+    cache = Path(cache or DEFAULT_CACHE).expanduser()
+    folder = cache / "unfamiliar_photos"
+    paths = [folder / f"{i:03d}_{Path(photo['file']).name}" for i, photo in enumerate(listing["photos"])]
+    if all(p.is_file() for p in paths):
+        return paths
+    package = listing["package"]
+    root = Path(fetch_debian_assets(cache, [package], log=lambda m: print(m, file=sys.stderr))[package]["root"])
+    bundles: dict[str, dict[str, bytes]] = {}
+    for path, photo in zip(paths, listing["photos"]):
+        if photo["bundle"] not in bundles:
+            bundles[photo["bundle"]] = read_rcc(root / photo["bundle"])
+        data = bundles[photo["bundle"]].get(photo["file"])
+        if data is None or hashlib.sha256(data).hexdigest() != photo["sha256"]:
+            raise CbamVizError(f"{package}: {photo['file']} is missing from {photo['bundle']} or differs from the "
+                               "listed photo (another package version?)")
+        atomic_write_bytes(path, data)
+    return paths
+
+
+def folder_photos(folder: Path) -> list[Path]:
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    if not paths:
+        raise CbamVizError(f"no .jpg/.jpeg/.png/.webp images in {folder}")
+    return paths
+
+
+def measure(familiar: np.ndarray, unfamiliar: np.ndarray, threshold: float | None = None) -> dict[str, float]:
+    """AUROC, FPR at 95% TPR, and (with a threshold) the share of each set called unfamiliar."""
+    row = {"auroc": auroc(familiar, unfamiliar), "fpr95": fpr_at_tpr(familiar, unfamiliar)}
+    if threshold is not None:
+        row["familiar_kept"] = float(np.mean(familiar <= threshold))
+        row["unfamiliar_flagged"] = float(np.mean(unfamiliar > threshold))
+    return row
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from cbam_viz.dataset import AssetPack, compose_unknown_scene
+    from cbam_viz.images import load_image
+
+    started = time.perf_counter()
+    models = load_pair(args.baseline, args.cbam, args.device)
+    fitted, info = fit_detectors(models, args.data, args.images, args.batch_size, METHODS, args.k)
+    test = validation_split(args.data, "test")
+    pack = AssetPack.load(args.data)
+    photos = folder_photos(args.photos) if args.photos else debian_photos(args.cache)
+    sets = {
+        "test": extract(models, (test[i].image for i in range(len(test))), len(test), args.batch_size, "test split"),
+        "unknown_scenes": extract(
+            models, (compose_unknown_scene(pack, "test", i, test.size) for i in range(args.unknown_scenes)),
+            args.unknown_scenes, args.batch_size, "unknown-subject scenes",
+        ),
+        "photos": extract(models, (load_image(p) for p in photos), len(photos), args.batch_size, "real photos"),
+    }
+    examples = _example_scenes()
+    if examples:
+        sets["examples"] = extract(models, (load_image(p) for p in examples), len(examples), args.batch_size, "examples")
+    report: dict[str, Any] = {"fit": info, "counts": {k: len(v[next(iter(models))][0]) for k, v in sets.items()},
+                              "models": {}}
+    for key, loaded in models.items():
+        entry: dict[str, Any] = {"model": loaded.meta.display_name, "checkpoint": loaded.meta.source, "detectors": {}}
+        for method, fam in fitted[key].items():
+            threshold = fam.threshold
+            scores = {name: fam.scores(torch.from_numpy(feats[key][0]), feats[key][1]) for name, feats in sets.items()}
+            entry["detectors"][method] = {
+                "threshold": threshold,
+                "unknown_scenes": measure(scores["test"], scores["unknown_scenes"], threshold),
+                "photos": measure(scores["test"], scores["photos"], threshold),
+                "examples_familiar": [bool(s <= threshold) for s in scores.get("examples", [])],
+            }
+        stored = loaded.familiarity
+        entry["stored"] = None if stored is None else {"method": stored.method, "threshold": stored.threshold}
+        report["models"][key] = entry
+    report["examples"] = [p.name for p in examples]
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print(format_eval(report))
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out / "familiarity_eval.json", json.dumps(report, indent=1).encode())
+    print(f"wrote {args.out / 'familiarity_eval.json'}")
+    return 0
+
+
+def _example_scenes() -> list[Path]:
+    from cbam_viz.webapp import EXAMPLES_DIR, MASK_SUFFIX
+
+    return sorted(p for p in EXAMPLES_DIR.glob("*.jpg") if not p.name.endswith(MASK_SUFFIX))
+
+
+def format_eval(report: dict[str, Any]) -> str:
+    """One line per model and detector: AUROC and FPR95 on each unfamiliar set, and the bundled examples kept."""
+    counts = report["counts"]
+    header = (f"{'model':16s}{'detector':14s}{'unknown-subject scenes':>26s}{'real photos':>24s}"
+              f"{'examples familiar':>20s}")
+    lines = [
+        f"familiar: {counts['test']} test scenes; unfamiliar: (a) {counts['unknown_scenes']} unknown-subject "
+        f"scenes, (b) {counts['photos']} real photos; thresholds keep {KEEP:.0%} of the val split familiar",
+        header, f"{'':30s}{'AUROC':>12s}{'FPR95':>12s}{'AUROC':>12s}{'FPR95':>12s}", "-" * len(header),
+    ]
+    for entry in report["models"].values():
+        stored = (entry["stored"] or {}).get("method")
+        for method, row in entry["detectors"].items():
+            a, b = row["unknown_scenes"], row["photos"]
+            kept = row["examples_familiar"]
+            mark = " (stored)" if method == stored else ""
+            lines.append(
+                f"{entry['model']:16s}{method + mark:14s}{a['auroc']:12.3f}{100 * a['fpr95']:11.1f}%"
+                f"{b['auroc']:12.3f}{100 * b['fpr95']:11.1f}%{f'{sum(kept)}/{len(kept)}':>20s}"
+            )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_fit(args) if args.action == "fit" else run_eval(args)

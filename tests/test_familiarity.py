@@ -1,0 +1,292 @@
+"""Familiarity: the detectors against hand computations, the threshold rule, fitting on a tiny synthetic pack, the
+checkpoint round trip (with, without and with damaged statistics), the Qt resource reader, and where it shows."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from cbam_viz import dataset as ds
+from cbam_viz.cam import compare
+from cbam_viz.checkpoints import CheckpointError, FamiliarityWarning, load_checkpoint, store_familiarity
+from cbam_viz.cli import main as cli_main
+from cbam_viz.familiarity import (
+    Familiarity,
+    auroc,
+    detector_scores,
+    fit_tensors,
+    fpr_at_tpr,
+    ledoit_wolf,
+    threshold_at,
+)
+from cbam_viz.familiarity_cli import extract
+from cbam_viz.rcc import read_rcc
+from cbam_viz.webapp import Studio, familiarity_banner, knowledge_markdown, model_info_markdown, scores_json
+from tests.conftest import CLASS_NAMES, attach_knn_detector, make_checkpoint, random_image
+
+RNG = np.random.default_rng(0)
+
+
+def clusters(n_per_class: int = 60, classes: int = 3, dim: int = 16, spread: float = 0.3):
+    centres = RNG.normal(0, 3, (classes, dim)) + 6  # positive, like post-ReLU features
+    labels = np.repeat(np.arange(classes), n_per_class)
+    return centres[labels] + RNG.normal(0, spread, (len(labels), dim)), labels, centres
+
+
+def test_mahalanobis_matches_the_textbook_formula():
+    x, labels, _ = clusters()
+    tensors = fit_tensors("mahalanobis", x, labels, 3)
+    means = np.stack([x[labels == c].mean(0) for c in range(3)])
+    precision = np.linalg.inv(ledoit_wolf(x - means[labels]))
+    query = RNG.normal(5, 2, (7, x.shape[1]))
+    expected = np.sqrt(np.min([np.einsum("nk,kl,nl->n", query - m, precision, query - m) for m in means], axis=0))
+    got = detector_scores("mahalanobis", tensors, torch.from_numpy(query).float())
+    np.testing.assert_allclose(got, expected, rtol=2e-3)
+
+
+def test_ledoit_wolf_is_the_sample_covariance_when_samples_abound():
+    x = RNG.normal(0, [1.0, 2.0, 3.0], (20000, 3))
+    cov = ledoit_wolf(x - x.mean(0))
+    np.testing.assert_allclose(np.diag(cov), [1, 4, 9], rtol=0.05)
+
+
+def test_knn_is_the_distance_to_the_kth_normalised_neighbour():
+    bank = RNG.random((50, 8)) + 0.1
+    tensors = fit_tensors("knn", bank, np.zeros(50, int), 1)
+    query = RNG.random((4, 8))
+    unit = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    q = query / np.linalg.norm(query, axis=1, keepdims=True)
+    distances = np.sort(np.linalg.norm(q[:, None] - unit[None], axis=2), axis=1)
+    for k in (1, 5):
+        got = detector_scores("knn", tensors, torch.from_numpy(query).float(), k=k)
+        np.testing.assert_allclose(got, distances[:, k - 1], atol=2e-3)  # the bank is stored in float16
+
+
+def test_msp_is_one_minus_the_top_probability():
+    probs = np.array([[0.7, 0.2, 0.1], [0.34, 0.33, 0.33]])
+    np.testing.assert_allclose(detector_scores("msp", {}, torch.zeros(2, 1), probs), [0.3, 0.66])
+
+
+@pytest.mark.parametrize("method", ["mahalanobis", "knn"])
+def test_detectors_separate_far_points(method):
+    x, labels, centres = clusters()
+    tensors = fit_tensors(method, x, labels, 3)
+    near = torch.from_numpy(centres[labels[:30]] + RNG.normal(0, 0.3, (30, x.shape[1]))).float()
+    far = torch.from_numpy(RNG.normal(6, 3, (30, x.shape[1]))).float()
+    assert auroc(detector_scores(method, tensors, near), detector_scores(method, tensors, far)) > 0.99
+
+
+def test_threshold_keeps_95_percent_and_the_measures_by_hand():
+    scores = np.arange(1, 101, dtype=float)  # 100 validation images
+    threshold = threshold_at(scores)
+    assert np.mean(scores <= threshold) == 0.95
+    familiar, unfamiliar = np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.35, 0.5, 0.25])
+    pairs = [(u > f) + 0.5 * (u == f) for u in unfamiliar for f in familiar]
+    assert auroc(familiar, unfamiliar) == pytest.approx(np.mean(pairs))
+    assert auroc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5  # ties count half
+    # threshold keeping 95% of 4 familiar images = 0.4: two of three unfamiliar ones fall at or under it
+    assert fpr_at_tpr(familiar, unfamiliar) == pytest.approx(2 / 3)
+
+
+def test_unknown_scenes_are_deterministic_and_show_no_class(tmp_path):
+    pack = ds.AssetPack.load(ds.make_synthetic_pack(tmp_path / "pack", n_classes=3, n_distractors=2))
+    a = ds.compose_unknown_scene(pack, "test", 4, 64)
+    assert a.size == (64, 64)
+    assert np.array_equal(np.asarray(a), np.asarray(ds.compose_unknown_scene(pack, "test", 4, 64)))
+    assert not np.array_equal(np.asarray(a), np.asarray(ds.compose_unknown_scene(pack, "test", 5, 64)))
+    # the synthetic classes are saturated non-green hues, the distractors green, the backgrounds red <= 80
+    red = np.asarray(a)[..., 0].astype(int)
+    assert red.max() <= 80 + 30  # background jitter aside, no red, yellow or white class object was drawn
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("famdata")
+    pack = ds.AssetPack.load(ds.make_synthetic_pack(root / "pack", n_classes=5, n_distractors=2))
+    ds.materialize_split(pack, root, "val", per_class=4, size=64)
+    ds.materialize_split(pack, root, "test", per_class=4, size=64)
+    return root
+
+
+def test_fit_command_stores_a_detector_that_flags_odd_images(data_dir, tmp_path, capsys):
+    path = make_checkpoint(tmp_path / "c.safetensors", "resnet50-cbam", 3, class_names=ds.AssetPack.load(
+        data_dir).class_names)
+    before = load_file(str(path))
+    code = cli_main(["familiarity", "fit", "--data", str(data_dir), "--checkpoint", str(path), "--images", "60",
+                     "--batch-size", "16", "--k", "3"])
+    assert code == 0, capsys.readouterr().err
+    after = load_file(str(path))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the model's tensors are kept exactly
+    loaded = load_checkpoint(path)
+    fam = loaded.familiarity
+    assert fam is not None and fam.method == "knn" and fam.info["train_images"] == 60 and fam.info["k"] == 3
+    assert fam.tensors["bank"].shape == (60, 2048)
+    val = ds.MaterializedSplit(data_dir, "val")
+    val_scores = fam.scores(*map(torch.from_numpy, extract({"m": loaded}, [val[i].image for i in range(len(val))],
+                                                             len(val))["m"]))
+    assert np.mean(val_scores <= fam.threshold) >= 0.95
+    checkers = (np.indices((64, 64)).sum(0) // 8 % 2 * 255).astype(np.uint8)
+    odd = [Image.fromarray(np.full((64, 64, 3), v, np.uint8)) for v in (128, 255)] + [Image.fromarray(checkers).convert("RGB")]
+    odd += [Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(3)]
+    odd_scores = fam.scores(*map(torch.from_numpy, extract({"m": loaded}, odd, len(odd))["m"]))
+    assert auroc(val_scores, odd_scores) > 0.95
+    result = compare(odd[1], {"cbam": loaded})
+    assert result.results["cbam"].familiarity.unfamiliar
+
+
+def test_checkpoints_without_familiarity_say_not_available(tiny_models):
+    assert tiny_models["cbam"].familiarity is None
+    assert "familiarity**: not available" in model_info_markdown(tiny_models["cbam"])
+    assert "validation metrics" in model_info_markdown(tiny_models["cbam"])
+    res = compare(random_image(0), tiny_models)
+    assert all(r.familiarity is None for r in res.results.values())
+
+
+def _damage(path: Path, change) -> None:
+    state = load_file(str(path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+    state, header = change(state, header)
+    save_file(state, str(path), metadata=header)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda s, h: ({k: v for k, v in s.items() if k != "familiarity.bank"}, h), "familiarity.bank"),
+        (lambda s, h: ({**s, "familiarity.bank": s["familiarity.bank"][:, :7]}, h), "shape"),
+        (lambda s, h: ({**s, "familiarity.bank": s["familiarity.bank"] * float("nan")}, h), "non-finite"),
+        (lambda s, h: (s, {**h, "familiarity": "{not json"}), "familiarity statistics are unusable"),
+        (lambda s, h: (s, {k: v for k, v in h.items() if k != "familiarity"}), "without their header entry"),
+        (lambda s, h: (s, {**h, "familiarity": json.dumps({"method": "magic", "threshold": 1})}), "magic"),
+    ],
+)
+def test_damaged_familiarity_loads_with_a_warning(tiny_checkpoints, tmp_path, change, named):
+    path = tmp_path / "c.safetensors"
+    path.write_bytes(tiny_checkpoints["cbam"].read_bytes())
+    attach_knn_detector(path, [random_image(1)], threshold=0.1)
+    assert load_checkpoint(path).familiarity is not None
+    _damage(path, change)
+    with pytest.warns(FamiliarityWarning, match=named):
+        loaded = load_checkpoint(path)
+    assert loaded.familiarity is None and loaded.meta.arch == "resnet50-cbam"
+
+
+def test_store_familiarity_refuses_foreign_files(tmp_path):
+    pth = tmp_path / "x.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2048)}, pth)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        store_familiarity(pth, Familiarity("knn", 1.0, {"bank": torch.zeros(1, 2048)}))
+
+
+@pytest.fixture(scope="module")
+def familiar_pair(tiny_checkpoints, tmp_path_factory):
+    """The tiny pair, each with a knn detector (k=1) to which random_image(5) is familiar and a grey image not."""
+    root = tmp_path_factory.mktemp("familiar")
+    paths = {}
+    for key, src in tiny_checkpoints.items():
+        paths[key] = root / src.name
+        paths[key].write_bytes(src.read_bytes())
+        attach_knn_detector(paths[key], [random_image(5)], unfamiliar=Image.new("RGB", (72, 56), (128, 128, 128)))
+    return {key: load_checkpoint(path) for key, path in paths.items()}
+
+
+def test_banner_and_json_name_the_unfamiliar_models(familiar_pair):
+    studio = Studio(familiar_pair, examples_dir=None)
+    known = studio.analyse(studio.open(random_image(5)))
+    assert familiarity_banner(known) == ""
+    entry = scores_json(known)["models"]["cbam"]["familiarity"]
+    assert entry["unfamiliar"] is False and entry["method"] == "knn" and entry["score"] <= entry["threshold"]
+    odd = studio.analyse(studio.open(Image.new("RGB", (72, 56), (128, 128, 128))))
+    banner = familiarity_banner(odd)
+    assert "ResNet50 and CBAM-ResNet50" in banner and f"the {len(CLASS_NAMES)} classes" in banner
+    assert all(m["familiarity"]["unfamiliar"] for m in scores_json(odd)["models"].values())
+    assert "knn distance, threshold" in model_info_markdown(familiar_pair["cbam"])
+
+
+def test_knowledge_panel_names_the_training_data(tiny_models):
+    text = knowledge_markdown(tiny_models)
+    assert text.startswith(f"**ResNet50 and CBAM-ResNet50** know the {len(CLASS_NAMES)} classes")
+    for loaded in tiny_models.values():
+        loaded.meta.dataset["name"] = "stamp scenes"
+    try:
+        assert "stamp subjects, trained on photos of single objects" in knowledge_markdown(tiny_models)
+    finally:
+        for loaded in tiny_models.values():
+            loaded.meta.dataset.pop("name")
+
+
+# ------------------------------------------------------------------------------------- Qt resource bundles
+def write_rcc(files: dict[str, bytes], version: int, compress: set[str]) -> bytes:
+    """A Qt .rcc bundle of `files` (paths 'a/b.txt'), laid out as Qt's rcc tool does (breadth-first tree)."""
+    tree: dict = {}
+    for path, data in files.items():
+        node = tree
+        *dirs, leaf = path.split("/")
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[leaf] = path
+    names, name_at, data_blob, data_at = b"", {}, b"", {}
+    nodes: list[tuple[str, object]] = [("", tree)]
+    i = 0
+    while i < len(nodes):  # breadth-first: each directory's children are consecutive
+        name, value = nodes[i]
+        if name and name not in name_at:
+            name_at[name] = len(names)
+            names += struct.pack(">HI", len(name), 0) + name.encode("utf-16-be")
+        if isinstance(value, dict):
+            nodes += sorted(value.items())
+        i += 1
+    node_size = 14 if version < 2 else 22
+    first_child, k = {}, 1
+    for idx, (_, value) in enumerate(nodes):
+        if isinstance(value, dict):
+            first_child[idx], k = k, k + len(value)
+    table = b""
+    for idx, (name, value) in enumerate(nodes):
+        offset = name_at.get(name, 0)
+        if isinstance(value, dict):
+            entry = struct.pack(">IHII", offset, 2, len(value), first_child[idx])
+        else:
+            raw = files[value]
+            packed = struct.pack(">I", len(raw)) + zlib.compress(raw) if value in compress else raw
+            data_at[value] = len(data_blob)
+            data_blob += struct.pack(">I", len(packed)) + packed
+            entry = struct.pack(">IHHHI", offset, 1 if value in compress else 0, 0, 0, data_at[value])
+        table += entry + (b"\0" * 8 if version >= 2 else b"")
+        assert len(entry) + (8 if version >= 2 else 0) == node_size
+    head = 20 + (4 if version >= 3 else 0)
+    tree_at, data_off = head, head + len(table)
+    names_off = data_off + len(data_blob)
+    return b"qres" + struct.pack(">IIII", version, tree_at, data_off, names_off) + b"\0" * (head - 20) + table + \
+        data_blob + names
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_rcc_reader_reads_plain_and_zlib_files(tmp_path, version):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(buffer, format="WEBP")
+    files = {"gcompris/src/a/photo.webp": buffer.getvalue(), "gcompris/readme.txt": b"hello " * 50, "top.bin": b"x"}
+    path = tmp_path / "bundle.rcc"
+    path.write_bytes(write_rcc(files, version, compress={"gcompris/readme.txt"}))
+    assert read_rcc(path) == files
+    with Image.open(io.BytesIO(read_rcc(path)["gcompris/src/a/photo.webp"])) as im:
+        assert im.size == (8, 6)
+
+
+def test_rcc_reader_refuses_other_files(tmp_path):
+    path = tmp_path / "not.rcc"
+    path.write_bytes(b"PK\x03\x04 a zip file")
+    with pytest.raises(Exception, match="not a Qt resource bundle"):
+        read_rcc(path)
