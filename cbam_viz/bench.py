@@ -7,6 +7,7 @@ figure is the median over rounds, so background load hits every variant alike. R
 `model(x)` calls under inference_mode on the same device, threads and input size:
 
     compare (top-1 CAM + attention, both models) / 2 bare forwards ............ goal <= 1.15
+    compare with the familiarity scores / compare without ..................... goal <= 1.02
     top-5 CAMs of both models / 2 bare forwards ............................... goal <= 1.20
     the same top-5 with pytorch_grad_cam.GradCAM (a backward per class) ....... our speed-up
     export throughput (real files in a temp dir) / bare batched forwards ...... goal >= 0.85
@@ -18,6 +19,7 @@ Without checkpoints (none given and none in weights/) both models get random wei
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -39,10 +41,12 @@ from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, LoadedModel, ModelMeta, lo
 from cbam_viz.cli import standalone
 from cbam_viz.errors import CbamVizError
 from cbam_viz.export import ExportModel, Settings, discover, export, resolve_device
+from cbam_viz.familiarity import DEFAULT_K, DEFAULT_TRAIN_IMAGES, Familiarity
 from cbam_viz.models import build_model
 
 GOALS = {  # figure -> (comparison, bound)
     "compare_ratio": ("<=", 1.15),
+    "familiarity_ratio": ("<=", 1.02),
     "top5_ratio": ("<=", 1.20),
     "export_ratio": (">=", 0.85),
     "cbam_forward_ratio": ("<=", 1.15),
@@ -73,6 +77,21 @@ def bench_models(baseline: str | None, cbam: str | None, size: int, device: torc
     for loaded in models.values():
         loaded.meta.input_size = size
     return models, source
+
+
+def with_and_without_familiarity(models: dict[str, LoadedModel]) -> tuple[dict, dict]:
+    """The same models with a familiarity detector (the checkpoint's, else a kNN bank of random unit rows of the
+    default fit's size, which costs what a fitted one does) and without one."""
+    generator = torch.Generator().manual_seed(0)
+    with_fam, without = {}, {}
+    for key, loaded in models.items():
+        fam = loaded.familiarity
+        if fam is None:
+            bank = torch.randn(DEFAULT_TRAIN_IMAGES, loaded.model.fc.in_features, generator=generator)
+            fam = Familiarity("knn", 1.0, {"bank": torch.nn.functional.normalize(bank, dim=1)}, {"k": DEFAULT_K})
+        with_fam[key] = dataclasses.replace(loaded, familiarity=fam)
+        without[key] = dataclasses.replace(loaded, familiarity=None)
+    return with_fam, without
 
 
 def photo(seed: int, size: tuple[int, int]) -> Image.Image:
@@ -166,6 +185,7 @@ def benchmark(
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     image = photo(0, image_size)
     x1 = {k: preprocess([image], m.meta).to(device) for k, m in models.items()}
+    familiar, plain = with_and_without_familiarity(models)
     pictures = [photo(i, image_size) for i in range(images)]
     xs = {k: preprocess(pictures, m.meta).to(device) for k, m in models.items()}
 
@@ -207,7 +227,8 @@ def benchmark(
         latency = [
             Variant("forward_baseline", forward("baseline"), []),
             Variant("forward_cbam", forward("cbam"), []),
-            Variant("compare", lambda: compare(image, models), []),
+            Variant("compare", lambda: compare(image, plain), []),
+            Variant("compare_familiarity", lambda: compare(image, familiar), []),
             Variant("top5", lambda: compare(image, models, target="top5"), []),
         ]
         throughput = [
@@ -235,6 +256,7 @@ def benchmark(
     pairs = [b + c for b, c in zip(s["forward_baseline"], s["forward_cbam"])]
     ratios = {
         "compare_ratio": [a / d for a, d in zip(s["compare"], pairs)],
+        "familiarity_ratio": [f / c for f, c in zip(s["compare_familiarity"], s["compare"])],
         "top5_ratio": [a / d for a, d in zip(s["top5"], pairs)],
         "cbam_forward_ratio": [c / b for b, c in zip(s["forward_baseline"], s["forward_cbam"])],
         # throughput ratios: (n / export time) / (n / forward time)
@@ -247,6 +269,7 @@ def benchmark(
     best = {v.name: min(v.samples) for v in variants}  # least disturbed run: the cost with no one else on the CPU
     fig_best = {
         "compare_ratio": best["compare"] / (best["forward_baseline"] + best["forward_cbam"]),
+        "familiarity_ratio": best["compare_familiarity"] / best["compare"],
         "top5_ratio": best["top5"] / (best["forward_baseline"] + best["forward_cbam"]),
         "cbam_forward_ratio": best["forward_cbam"] / best["forward_baseline"],
         "export_ratio": best["batched_forwards"] / best["export"],
@@ -323,6 +346,8 @@ def table(result: dict) -> str:
         + verdict("cbam_forward_ratio"),
         f"{'compare(): top-5, top-1 CAM, attention (both models)':<52}{ms('compare')}{ratio('compare_ratio')}"
         + verdict("compare_ratio"),
+        f"{'compare() with both familiarity scores':<52}{ms('compare_familiarity')}{ratio('familiarity_ratio')}"
+        + verdict("familiarity_ratio"),
         f"{'top-5 CAMs of both models':<52}{ms('top5')}{ratio('top5_ratio')}" + verdict("top5_ratio"),
     ]
     if "naive_top5_speedup" in fig:
@@ -338,7 +363,7 @@ def table(result: dict) -> str:
         + verdict("export_ratio"),
         "",
         "ratios (per round, then the median; goals apply to it): compare and top-5 time over the 2 bare forwards of",
-        "the same round; CBAM over ResNet50 forward; export throughput over bare batched forward throughput (higher",
+        "the same round; familiarity: compare with over without the scores; CBAM over ResNet50 forward; export throughput over bare batched forward throughput (higher",
         "is better). 'mins': the same ratio from each variant's fastest round, i.e. its cost when least disturbed.",
     ]
     return "\n".join(lines)

@@ -4,8 +4,8 @@ Per model: top-1, top-5, mean softmax P of the true class, pointing game (the CA
 15 px of the object at 224 px, scaled to the scene size), energy in mask, and how often the peak lands on a
 distractor object instead. Prints a side-by-side table with the paired difference of CBAM from the baseline (a
 bootstrap interval, and McNemar's test for 0/1 metrics), the same by object size (thirds of the scenes by the
-object's share of the image: a coarse CAM's single peak misses small objects most easily), writes JSON and a
-Sec. 4.3-style figure.
+object's share of the image: a coarse CAM's single peak misses small objects most easily), the familiarity score's
+distribution where the checkpoints carry a detector, writes JSON and a Sec. 4.3-style figure.
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ def evaluate(
                 for name, value in scores.items():
                     sums[key][name] += value
                 record[key] = {**scores, "peak": (np.array(peak(res.heatmaps[0])) / side).tolist()}
+                if res.familiarity is not None:
+                    record[key]["familiarity"] = res.familiarity.score
             per_scene.append(record)
     summary = {key: {name: value / count for name, value in totals.items()} for key, totals in sums.items()}
     return {"count": count, "summary": summary, "scenes": per_scene}
@@ -171,6 +173,39 @@ def format_table(
     return "\n".join(lines)
 
 
+def familiarity_distribution(scenes: list[dict], models: dict) -> dict[str, dict | None]:
+    """Per model: its detector, the score's 5/50/95th percentiles on the split and the share called unfamiliar."""
+    out: dict[str, dict | None] = {}
+    for key, loaded in models.items():
+        fam = loaded.familiarity
+        if fam is None:
+            out[key] = None
+            continue
+        scores = np.array([s[key]["familiarity"] for s in scenes])
+        out[key] = {
+            "method": fam.method,
+            "threshold": fam.threshold,
+            "percentiles": dict(zip(("p5", "p50", "p95"), np.percentile(scores, [5, 50, 95]).tolist())),
+            "unfamiliar": float(np.mean(scores > fam.threshold)),
+        }
+    return out
+
+
+def format_familiarity(distribution: dict[str, dict | None], names: dict[str, str]) -> str:
+    """One line per model: the familiarity score's spread on the split and how many scenes it calls unfamiliar."""
+    lines = []
+    for key, row in distribution.items():
+        if row is None:
+            lines.append(f"familiarity, {names[key]}: not available (the checkpoint carries no statistics)")
+            continue
+        p = row["percentiles"]
+        lines.append(
+            f"familiarity, {names[key]} ({row['method']}, threshold {row['threshold']:.4f}): score p5 / p50 / p95 "
+            f"{p['p5']:.4f} / {p['p50']:.4f} / {p['p95']:.4f}; {100 * row['unfamiliar']:.1f}% of scenes unfamiliar"
+        )
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from cbam_viz.dataset import MaterializedSplit
     from cbam_viz.figures import paper_figure
@@ -193,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
     sizes = by_object_size(result["scenes"])
     print(format_table(result["summary"], names, paired))
     print(format_size_table(sizes, names))
+    familiarity = familiarity_distribution(result["scenes"], models)
+    print(format_familiarity(familiarity, names))
     report = {
         "split": args.split,
         "count": result["count"],
@@ -203,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
         "summary": result["summary"],
         "cbam_minus_baseline": {metric: asdict(diff) for metric, diff in paired.items()},
         "by_object_size": sizes,
+        "familiarity": familiarity,
         "scenes": result["scenes"],
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -364,6 +364,7 @@ def _success_row(item: Item, model: ExportModel, settings: Settings, image: Imag
         target_index=target.index,
         target_label=target.label,
         target_prob=round(target.prob, 6),
+        **_familiarity_columns(res),
         image_width=image.width,
         image_height=image.height,
         overlay=overlay_rel,
@@ -373,6 +374,14 @@ def _success_row(item: Item, model: ExportModel, settings: Settings, image: Imag
         error=None,
     )
     return _row(item, model, settings, **values)
+
+
+def _familiarity_columns(res: ModelResult) -> dict:
+    fam = res.familiarity
+    if fam is None:
+        return {}
+    return {"familiarity_score": round(fam.score, 6), "familiarity_threshold": round(fam.threshold, 6),
+            "unfamiliar": fam.unfamiliar, "familiarity_method": fam.method}
 
 
 def write_outputs(out: Path, item: Item, key: str, shown: Image.Image, res: ModelResult, settings: Settings) -> None:

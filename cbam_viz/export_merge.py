@@ -40,6 +40,10 @@ COLUMNS: tuple[str, ...] = (
     "target_index",
     "target_label",
     "target_prob",
+    "familiarity_score",  # the checkpoint's familiarity detector (empty where it has none); higher = less familiar
+    "familiarity_threshold",
+    "unfamiliar",  # whether the score is above the threshold: the image looks unlike the training data
+    "familiarity_method",
     "image_width",  # the decoded input's size
     "image_height",
     "overlay",  # path relative to the output folder

@@ -27,6 +27,7 @@ STORED_METHODS = ("mahalanobis", "knn")  # msp needs no statistics: it is measur
 TENSOR_PREFIX = "familiarity."
 KEEP = 0.95  # share of validation images that stay familiar at the threshold
 DEFAULT_K = 10
+DEFAULT_TRAIN_IMAGES = 3200  # training images a detector is fit on
 FEATURE = "layer4 global average pool"
 
 

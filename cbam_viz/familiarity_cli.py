@@ -31,6 +31,7 @@ from cbam_viz.checkpoints import LoadedModel, load_checkpoint, load_pair, store_
 from cbam_viz.errors import CbamVizError
 from cbam_viz.familiarity import (
     DEFAULT_K,
+    DEFAULT_TRAIN_IMAGES,
     FEATURE,
     KEEP,
     METHODS,
@@ -48,7 +49,6 @@ from cbam_viz.models import forward_features
 from cbam_viz.rcc import read_rcc
 
 DEFAULT_METHOD = "knn"
-DEFAULT_TRAIN_IMAGES = 3200
 FIT_SEED = 1  # scene stream of the fit's training scenes (any seed draws from the training distribution)
 
 # The unfamiliar set (b): which photos of which Debian package, with their subjects, credits and sha256.

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cbam_viz.images import load_image
 from tests.apphelpers import app_process
-from tests.conftest import CLASS_NAMES
+from tests.conftest import CLASS_NAMES, attach_knn_detector
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -41,11 +42,22 @@ def require_chromium() -> None:
     pytest.skip("Debian chromium is not installed at /usr/bin/chromium: `sudo apt-get install chromium` to run this")
 
 
+GREY = Image.new("RGB", (224, 168), (128, 128, 128))
+
+
 @pytest.fixture(scope="module")
-def app_url(tiny_checkpoints):
+def app_url(tiny_checkpoints, tmp_path_factory):
+    """The app on the tiny checkpoints, each given a familiarity detector to which EXAMPLE is familiar and a plain
+    grey photo is not."""
     require_chromium()
     pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency (requirements-test.txt)")
-    with app_process("--baseline", str(tiny_checkpoints["baseline"]), "--cbam", str(tiny_checkpoints["cbam"])) as app:
+    root = tmp_path_factory.mktemp("familiar-weights")
+    paths = {}
+    for key, src in tiny_checkpoints.items():
+        paths[key] = root / src.name
+        paths[key].write_bytes(src.read_bytes())
+        attach_knn_detector(paths[key], [load_image(EXAMPLE)], unfamiliar=GREY)
+    with app_process("--baseline", str(paths["baseline"]), "--cbam", str(paths["cbam"])) as app:
         yield app.url
 
 
@@ -89,6 +101,12 @@ def test_page_end_to_end(app_url, tmp_path):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = open_with_image(browser, app_url, EXAMPLE, DESKTOP)
+
+            # what the models know, beside the upload; a bundled scene is familiar: no warning
+            assert "know the 5 classes" in page.locator("#knowledge").inner_text()
+            known = page.locator("#known-classes").inner_text()
+            assert all(name in known for name in CLASS_NAMES), known
+            assert not page.locator("#familiarity-banner").is_visible()
 
             # both models' top-5 and the paper-style caption under each heatmap
             for key in ("baseline", "cbam"):
@@ -136,6 +154,17 @@ def test_page_end_to_end(app_url, tmp_path):
             page.wait_for_selector("#channel-attention img")
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(SCREENSHOTS / "desktop.png"), full_page=True)
+
+            # an unfamiliar photo: the warning names both models; the bundled scene again: it goes away
+            grey = tmp_path / "grey.png"
+            GREY.save(grey)
+            upload(page, grey)
+            banner = page.locator("#familiarity-banner")
+            banner.wait_for(state="visible")
+            assert "unfamiliar to ResNet50 and CBAM-ResNet50" in banner.inner_text()
+            assert "not meaningful" in banner.inner_text()
+            upload(page, EXAMPLE)
+            banner.wait_for(state="hidden")
 
             # a file that is not an image: a clear message on the page, no traceback, no server path
             bad = tmp_path / "holiday.png"

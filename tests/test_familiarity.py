@@ -290,3 +290,40 @@ def test_rcc_reader_refuses_other_files(tmp_path):
     path.write_bytes(b"PK\x03\x04 a zip file")
     with pytest.raises(Exception, match="not a Qt resource bundle"):
         read_rcc(path)
+
+
+def test_export_manifest_has_the_familiarity_columns(familiar_pair, tiny_checkpoints, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    random_image(5).save(src / "known.png")
+    Image.new("RGB", (72, 56), (128, 128, 128)).save(src / "odd.png")
+    out = tmp_path / "out"
+    argv = ["export", str(src), "--out", str(out), "--size", "64", "--baseline",
+            familiar_pair["baseline"].meta.source, "--cbam", familiar_pair["cbam"].meta.source]
+    assert cli_main(argv) == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    flags = {(Path(r["image"]).name, r["model"]): r["unfamiliar"] for r in rows}
+    assert flags == {("known.png", "baseline"): False, ("known.png", "cbam"): False,
+                     ("odd.png", "baseline"): True, ("odd.png", "cbam"): True}
+    assert all(r["familiarity_method"] == "knn" and r["familiarity_threshold"] > 0 for r in rows)
+    header = (out / "manifest.csv").read_text().splitlines()[0].split(",")
+    assert {"familiarity_score", "familiarity_threshold", "unfamiliar", "familiarity_method"} <= set(header)
+    plain = tmp_path / "plain"
+    assert cli_main(["export", str(src), "--out", str(plain), "--size", "64", "--baseline",
+                     str(tiny_checkpoints["baseline"]), "--cbam", str(tiny_checkpoints["cbam"])]) == 0
+    rows = [json.loads(line) for line in (plain / "manifest.jsonl").read_text().splitlines()]
+    assert all(r["familiarity_score"] is None and r["unfamiliar"] is None for r in rows)
+
+
+def test_eval_reports_the_score_distribution(familiar_pair):
+    from cbam_viz.evaluate import familiarity_distribution, format_familiarity
+
+    scenes = [{"baseline": {"familiarity": s}, "cbam": {"familiarity": 2 * s}} for s in np.linspace(0, 1, 21)]
+    models = dict(familiar_pair)
+    threshold = familiar_pair["cbam"].familiarity.threshold
+    dist = familiarity_distribution(scenes, models)
+    cbam_scores = 2 * np.linspace(0, 1, 21)
+    assert dist["cbam"]["unfamiliar"] == pytest.approx(np.mean(cbam_scores > threshold))
+    assert dist["cbam"]["percentiles"]["p50"] == pytest.approx(1.0)
+    text = format_familiarity({**dist, "baseline": None}, {"baseline": "ResNet50", "cbam": "CBAM-ResNet50"})
+    assert "ResNet50: not available" in text and "CBAM-ResNet50 (knn, threshold" in text
