@@ -10,20 +10,27 @@ those of --baseline / --cbam. This file only wires the UI: the logic lives in `c
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import functools
 import html
+import inspect
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 
 import gradio as gr  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
 
 from cbam_viz.cam import LAYERS, METHODS  # noqa: E402
 from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, load_pair  # noqa: E402
@@ -34,12 +41,16 @@ from cbam_viz.render import COLORMAPS  # noqa: E402
 from cbam_viz.webapp import (  # noqa: E402
     ATTENTION_CAPTION,
     MAX_FIGURE_ROWS,
+    SEND_A_FILE,
+    SLOW_SECONDS,
     TOP1,
     ExportFolder,
     Studio,
     attention_overlay,
     caption_markdown,
     check_controls,
+    check_upload,
+    delete_old_files,
     export_figure,
     familiarity_banner,
     format_box,
@@ -50,13 +61,17 @@ from cbam_viz.webapp import (  # noqa: E402
     model_info_markdown,
     parse_box,
     pick_block,
+    prune_empty_folders,
+    save_once,
     scores_json,
+    slow_methods_note,
     top5_label,
 )
 
 log = logging.getLogger("cbam_studio")
 
 MAX_FILE_SIZE = "50mb"
+CACHE_SECONDS = 1800  # uploads and served pictures are deleted this long after they were written (--cache-seconds)
 CSS = """
 .caption { text-align: center; min-height: 1.6em; }
 .caption p { margin: 0.2em 0 !important; }
@@ -93,8 +108,142 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
-    """The page and its API (`/compare`, `/paper_figure`) for one loaded pair of models."""
+class UnnamedUploadPart:
+    """ASGI middleware: a multipart upload part without a file name is a plain form field, which Gradio's upload
+    route fails on with a TypeError (HTTP 500); answer 400 with what to send instead."""
+
+    MESSAGE = "send the image as a file: the multipart field 'files' needs a file name (curl: -F files=@photo.jpg)"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/gradio_api/upload"):
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except TypeError as err:
+            if started or "GradioUploadFile" not in str(err):
+                raise
+            await PlainTextResponse(self.MESSAGE, status_code=400)(scope, receive, send)
+
+
+OVERLAYS = "overlays"  # the folder of Gradio's cache that served pictures go to
+
+
+def served(picture: Image.Image) -> str:
+    """A picture for an output gr.Image, written once, atomically, under a name no other response uses.
+
+    Given a PIL image, Gradio saves it as <cache>/<hash of its bytes>/image.webp and rewrites that file in place
+    each time, so a client fetching the same overlay for an earlier identical request could read it empty or
+    half-written. Given this path in its cache, Gradio serves the file as it is; StudioBlocks' pruning deletes it.
+    """
+    return str(save_once(picture, Path(get_upload_folder()) / OVERLAYS))
+
+
+class StudioBlocks(gr.Blocks):
+    """gr.Blocks that checks each request's payload before Gradio does, so that a bad one gets our one-line message.
+
+    Even with preprocess=False, Gradio checks an event's payload before the handler runs (the number of inputs,
+    then file paths against its upload folder, then each component's data model) and raises plain exceptions,
+    which show_error=False turns into an anonymous error. `validate_inputs` is the first of those checks, so here
+    missing trailing inputs get the handler's defaults (a raw REST call may send only the image), and the file
+    inputs (`file_inputs`, component ids) go through `check_upload` (`uploads`: the allowed folders).
+
+    It also prunes Gradio's cache itself (`cache_schedule`): files this app wrote or received (uploads, served
+    pictures) are deleted once older than the age, and the folders left empty with them, so that disk use stays
+    bounded under a sustained load. Gradio's own delete_cache cannot do this: its task iterates over the live sets
+    of files that requests add to, fails with "Set changed size during iteration" under load, and never runs again.
+    """
+
+    file_inputs: frozenset[int] = frozenset()
+    uploads: tuple[str, ...] = ()
+    cache_seconds: int | None = None  # None: no pruning
+
+    def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
+        if len(inputs) < len(block_fn.inputs) and block_fn.fn is not None:
+            params = list(inspect.signature(block_fn.fn).parameters.values())[len(inputs) : len(block_fn.inputs)]
+            required = [p.name for p in params if p.default is inspect.Parameter.empty]
+            if required:
+                names = ", ".join(p.name for p in inspect.signature(block_fn.fn).parameters.values())
+                raise gr.Error(
+                    f"missing input {required[0]}: send the inputs in the order [{names}]; {SEND_A_FILE}",
+                    print_exception=False,
+                )
+            inputs.extend(p.default for p in params)
+        for block, value in zip(block_fn.inputs, inputs):
+            if block._id in self.file_inputs:
+                for payload in value if isinstance(value, list) else [value]:
+                    try:
+                        check_upload(payload, self.uploads)
+                    except CbamVizError as err:
+                        raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
+        super().validate_inputs(block_fn, inputs)
+
+    def launch(self, *args: Any, app_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        app_kwargs = dict(app_kwargs or {})
+        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(UnnamedUploadPart)]
+        app_kwargs.setdefault("lifespan", self._prune_folders)
+        return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def _prune_folders(self, _app: Any) -> Any:
+        if self.cache_seconds is None:
+            yield
+            return
+        frequency, age = cache_schedule(self.cache_seconds)
+
+        async def prune() -> None:
+            while True:
+                await asyncio.sleep(frequency)
+                await asyncio.to_thread(self.prune_cache, age)
+
+        task = asyncio.create_task(prune())
+        try:
+            yield
+        finally:
+            task.cancel()
+            self.prune_cache(0.0)  # as Gradio does when its server closes
+
+    def prune_cache(self, age: float) -> None:
+        """Delete the files this app wrote or received that are older than `age` seconds (by ctime, as Gradio
+        does), except those Gradio keeps for good (the examples), then the folders left empty."""
+        kept = set().union(*(getattr(block, "keep_in_cache", set()) for block in list(self.blocks.values())))
+        cutoff = time.time() - age
+        for files in self.temp_file_sets:
+            for path in list(files):  # a snapshot: requests add files meanwhile
+                if path in kept:
+                    continue
+                try:
+                    if os.lstat(path).st_ctime <= cutoff:
+                        os.remove(path)
+                        files.discard(path)
+                except FileNotFoundError:
+                    files.discard(path)
+                except OSError:
+                    pass
+        # the pictures served in updates belong to per-session copies of their components, which Gradio does not
+        # list: every file of the overlays folder is one of this app's, and old ones go by age
+        delete_old_files(Path(get_upload_folder()) / OVERLAYS, age)
+        prune_empty_folders(get_upload_folder(), age)
+
+
+def cache_schedule(cache_seconds: int) -> tuple[int, int]:
+    """Cache pruning: (how often to look, in seconds; the age in seconds past which files are deleted)."""
+    return max(1, min(60, cache_seconds // 2)), cache_seconds
+
+
+def build_demo(studio: Studio, exports: ExportFolder, cache_seconds: int = CACHE_SECONDS) -> gr.Blocks:
+    """The page and its API (`/compare`, `/paper_figure`) for one loaded pair of models; uploads and served
+    pictures are deleted `cache_seconds` after they were written (checked every minute, or more often)."""
     names = {key: loaded.meta.display_name for key, loaded in studio.models.items()}
     cbam_model = studio.models["cbam"].model
     stage_choices = {stage: [f"{stage}.{i}" for i in range(len(getattr(cbam_model, stage)))] for stage in LAYERS}
@@ -128,8 +277,8 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
         analysis = studio.analyse(source, target, method, layer)
         localization = studio.localize(analysis, parse_box(box))
         return (
-            heatmap_overlay(analysis, "baseline", opacity, colormap),
-            heatmap_overlay(analysis, "cbam", opacity, colormap),
+            served(heatmap_overlay(analysis, "baseline", opacity, colormap)),
+            served(heatmap_overlay(analysis, "cbam", opacity, colormap)),
             scores_json(analysis, localization),
         )
 
@@ -149,14 +298,14 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
         for key in ("baseline", "cbam"):
             result = analysis.results[key]
             outputs += [
-                gr.Image(value=heatmap_overlay(analysis, key, opacity, colormap), label=f"{names[key]} · {title}"),
+                gr.Image(value=served(heatmap_overlay(analysis, key, opacity, colormap)), label=f"{names[key]} · {title}"),
                 caption_markdown(result),
                 top5_label(result),
             ]
         return (
             *outputs,
             scores_json(analysis, localization),
-            localization_preview(analysis, localization),
+            served(localization_preview(analysis, localization)),
             localization_markdown(analysis, localization),
         )
 
@@ -177,7 +326,7 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
         images = []
         for block in blocks:
             picture, caption = attention_overlay(analysis, block, opacity, colormap)
-            images.append(gr.Image(value=picture, label=caption))
+            images.append(gr.Image(value=served(picture), label=caption))
         return (*images, channel_attention_figure(attention, blocks))
 
     @user_errors
@@ -212,7 +361,7 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
         return value if value in studio.class_names else gr.skip()
 
     # ------------------------------------------------------------------------------------------- layout
-    with gr.Blocks(title="CBAM Grad-CAM Studio", delete_cache=(3600, 7200)) as demo:
+    with StudioBlocks(title="CBAM Grad-CAM Studio") as demo:
         gr.Markdown(
             "# CBAM Grad-CAM Studio\n"
             f"Where do **{names['baseline']}** and **{names['cbam']}** look? Grad-CAM of both, side by side, with "
@@ -264,7 +413,10 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
                 target_choices, value=TOP1, label="Target class", filterable=True, elem_id="target", min_width=220,
                 info="Each model's own top-1, or one class for both (type to search, or click a top-5 entry)",
             )
-            method = gr.Dropdown(method_choices, value="gradcam", label="CAM method", elem_id="method", min_width=180)
+            method = gr.Dropdown(
+                method_choices, value="gradcam", label="CAM method", elem_id="method", min_width=180,
+                info=slow_methods_note(studio.slow_seconds),
+            )
             layer = gr.Radio(list(LAYERS), value="layer4", label="Layer", elem_id="layer", min_width=250)
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity", min_width=160)
             colormap = gr.Dropdown(list(COLORMAPS), value="jet", label="Colormap", elem_id="colormap", min_width=120)
@@ -362,6 +514,8 @@ def build_demo(studio: Studio, exports: ExportFolder) -> gr.Blocks:
         # update_page, which fills more outputs from the same cached analysis).
         api_trigger = gr.Button(visible=False)
         api_trigger.click(compare, controls, [heat_base, heat_cbam, scores], preprocess=False, api_name="compare")
+    demo.file_inputs, demo.uploads = frozenset((image._id, extra_images._id)), uploads
+    demo.cache_seconds = cache_seconds
     return demo
 
 
@@ -381,6 +535,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="upload size limit (default 50mb)")
     parser.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue")
     parser.add_argument("--concurrency", type=int, default=2, help="requests of one kind run at the same time")
+    parser.add_argument("--slow-seconds", type=_positive, default=int(SLOW_SECONDS),
+                        help=f"refuse a ScoreCAM request estimated to take longer (default {SLOW_SECONDS:.0f})")
+    parser.add_argument("--cache-seconds", type=_positive, default=CACHE_SECONDS,
+                        help=f"delete uploads and served pictures this long after they were written "
+                        f"(default {CACHE_SECONDS})")
     parser.add_argument("--examples", type=Path, default=Path(__file__).resolve().parent / "examples",
                         help="folder of example images (NAME.png with optional NAME.mask.png)")
     return parser.parse_args(argv)
@@ -391,6 +550,16 @@ def _port(value: str | None) -> int:
         return int(value) if value else 7860
     except ValueError:
         raise SystemExit(f"error: GRADIO_SERVER_PORT must be a port number, not {value!r}") from None
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, at least 1, not {value[:80]!r}")
+    return number
 
 
 def _rel(path: Path) -> str:
@@ -408,7 +577,7 @@ def load_studio(args: argparse.Namespace) -> Studio:
         if not torch.cuda.is_available():
             raise CbamVizError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
     models = load_pair(args.baseline, args.cbam, args.device)
-    return Studio(models, examples_dir=args.examples)
+    return Studio(models, examples_dir=args.examples, slow_seconds=args.slow_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 2
     exports = ExportFolder()
-    demo = build_demo(studio, exports)
+    demo = build_demo(studio, exports, args.cache_seconds)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `docker stop`: close the server cleanly
     try:

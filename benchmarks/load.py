@@ -13,8 +13,14 @@ else tiny random-weight checkpoints (5 classes, 64 px input) are written to a te
 Concurrent phase: every request sends its own image (distinct pixels and size) with its own controls (each
 model's top-1, a class name, HiResCAM, layer3); every answer is compared with the same request computed locally
 by `cbam_viz.cam.compare` (top-5 and P of both models, image size, and the overlay pixels), so results mixed up
-between requests or users are caught, not just errors. Soak: N sequential requests (new images, the same mix,
-and an unreadable file every 20th); RSS growth after warm-up, open file descriptors and hook counts.
+between requests or users are caught, not just errors. Beside ScoreCAM: two ScoreCAM requests (layer1; the
+second must be refused while the first runs) and meanwhile 4 requests per client, latency and correctness.
+Identical phase: the same clients all sending one photo
+with the same controls, each overlay URL fetched as soon as its answer arrives: an empty, short or broken file
+means a served file was rewritten while it was read. Soak: N sequential requests (new images, the same mix, and
+an unreadable file every 20th); RSS growth after warm-up, open file descriptors, hook counts, and the disk use of
+the app's Gradio cache (its own GRADIO_TEMP_DIR, --cache-seconds 60 so that the soak reaches the plateau) with
+the age of its oldest file, which pruning must keep near --cache-seconds.
 """
 
 from __future__ import annotations
@@ -81,9 +87,9 @@ def _child(conn, argv: list[str], log_path: str, threads: int | None) -> None:
     seen: dict[str, Any] = {}
     build = app.build_demo
 
-    def build_demo(studio, exports):
+    def build_demo(studio, exports, *args):
         seen["studio"] = studio
-        seen["demo"] = build(studio, exports)
+        seen["demo"] = build(studio, exports, *args)
         return seen["demo"]
 
     app.build_demo = build_demo
@@ -104,12 +110,33 @@ def _child(conn, argv: list[str], log_path: str, threads: int | None) -> None:
                     "threads": threading.active_count(),
                     "queue_max_size": demo._queue.max_size,
                     "model_runs": studio.model_runs,
+                    **cache_stats(demo),
                 })
             except Exception:
                 conn.send({"error": traceback.format_exc()})
 
     threading.Thread(target=control, daemon=True, name="load-control").start()
     sys.exit(app.main(argv))
+
+
+def cache_stats(demo) -> dict[str, float]:
+    """Disk use of Gradio's cache folder (files and folders, MB), its file count, and the age in seconds of its
+    oldest file other than those Gradio keeps for good (the examples): what delete_cache must bound."""
+    from gradio.utils import get_upload_folder
+
+    kept = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()))
+    used, files, oldest, now = 0, 0, 0.0, time.time()
+    for folder, _, names in os.walk(get_upload_folder()):
+        with contextlib.suppress(OSError):
+            used += os.stat(folder).st_blocks * 512
+        for name in names:
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                info = os.stat(path)
+                used, files = used + info.st_blocks * 512, files + 1
+                if path not in kept:
+                    oldest = max(oldest, now - info.st_ctime)
+    return {"cache_mb": used / 2**20, "cache_files": files, "cache_oldest_s": oldest}
 
 
 def proc_stats(pid: int) -> dict[str, float]:
@@ -181,7 +208,8 @@ class ExternalApp:
     pid: int | None = None
 
     def stats(self) -> dict[str, Any]:
-        inside = {"hooks": None, "threads": None, "queue_max_size": None, "model_runs": None}
+        inside = {"hooks": None, "threads": None, "queue_max_size": None, "model_runs": None, "cache_mb": float("nan"),
+                  "cache_files": None, "cache_oldest_s": float("nan")}
         return {**(proc_stats(self.pid) if self.pid else {"rss_mb": float("nan"), "fds": None}), **inside}
 
     def wait_ready(self, timeout: float = 60.0) -> ExternalApp:
@@ -198,12 +226,14 @@ class ExternalApp:
 def start_app(
     baseline: str | os.PathLike, cbam: str | os.PathLike, *, port: int | None = None, queue_size: int = 32,
     concurrency: int = 2, log: str | os.PathLike | None = None, threads: int | None = None, wait: bool = True,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None, cache_seconds: int | None = None,
 ) -> AppHandle:
     """Start `python app.py`'s main() in a child process on a free loopback port.
 
     `threads`: PyTorch intra-op threads in the app (default: PyTorch's choice, as `python app.py` runs).
     `wait=False` returns at once (call `wait_ready()` before sending requests), so the caller can work meanwhile.
+    `cache_seconds`: the app's --cache-seconds (default: the app's). Give `env` a GRADIO_TEMP_DIR of its own to
+    measure the app's cache alone.
     """
     from tests.apphelpers import free_port
 
@@ -211,6 +241,8 @@ def start_app(
     log = Path(log or tempfile.mkstemp(prefix="cbam-load-", suffix=".log")[1])
     argv = ["--host", "127.0.0.1", "--port", str(port), "--baseline", str(baseline), "--cbam", str(cbam),
             "--queue-size", str(queue_size), "--concurrency", str(concurrency)]
+    if cache_seconds is not None:
+        argv += ["--cache-seconds", str(cache_seconds)]
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_child, args=(child, argv, str(log), threads), name="cbam-app", daemon=True)
@@ -448,6 +480,136 @@ def run_concurrent(url: str, batches: Sequence[Sequence[Job]], expected: dict[in
 
 
 @dataclass
+class IdenticalResult:
+    """Identical requests from many clients at once, each answer's overlay files fetched right away."""
+
+    requests: int
+    fetches: int
+    empty: int  # HTTP 200 with 0 bytes
+    short: int  # fewer bytes than the file a lone request gets
+    broken: int  # the connection failed mid-file, or another status than 200
+    different: int  # as many bytes, other content
+    problems: list[str]
+    latencies: list[float]
+
+    @property
+    def bad_files(self) -> int:
+        return self.empty + self.short + self.broken + self.different
+
+    def summary(self) -> str:
+        return (
+            f"{self.requests} identical requests, {self.fetches} overlay fetches: {self.empty} empty, {self.short} "
+            f"short, {self.broken} broken, {self.different} different; {len(self.problems)} errors; latency p50 "
+            f"{percentile(self.latencies, 50):.2f} s p95 {percentile(self.latencies, 95):.2f} s"
+        )
+
+
+def run_identical(url: str, path: str | os.PathLike, clients: int, requests: int,
+                  timeout: float = 600.0) -> IdenticalResult:
+    """`clients` gradio_client users each sending the same /compare request `requests` times, all at once; every
+    overlay URL is fetched as soon as its answer arrives and compared with the bytes a lone request got."""
+    import httpx
+    from gradio_client import Client, handle_file
+
+    def overlays(client: Client) -> list[str]:
+        base, cbam, _ = client.predict(handle_file(str(path)), api_name="/compare")
+        return [base["url"], cbam["url"]]
+
+    def fetch(link: str) -> bytes:
+        with httpx.Client(timeout=60) as http:
+            response = http.get(link)
+        if response.status_code != 200:
+            raise httpx.HTTPStatusError(f"HTTP {response.status_code}", request=response.request, response=response)
+        return response.content
+
+    lone = Client(url, verbose=False, download_files=False)
+    wanted = [fetch(link) for link in overlays(lone)]
+    lone.close()
+    counts = {"empty": 0, "short": 0, "broken": 0, "different": 0, "fetches": 0}
+    problems: list[str] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+
+    def user(n: int) -> None:
+        client = Client(url, verbose=False, download_files=False)
+        start.wait()
+        for _ in range(requests):
+            began = time.perf_counter()
+            try:
+                links = overlays(client)
+            except Exception as err:
+                with lock:
+                    problems.append(f"client {n}: {type(err).__name__}: {err}")
+                continue
+            took = time.perf_counter() - began
+            for link, want in zip(links, wanted):
+                try:
+                    got, kind = fetch(link), None
+                except httpx.HTTPError:
+                    got, kind = b"", "broken"
+                if kind is None and got != want:
+                    kind = "empty" if not got else "short" if len(got) < len(want) else "different"
+                with lock:
+                    counts["fetches"] += 1
+                    if kind:
+                        counts[kind] += 1
+            with lock:
+                latencies.append(took)
+        client.close()
+
+    threads = [threading.Thread(target=user, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join(max(1.0, timeout - (time.perf_counter() - began)))
+    if any(thread.is_alive() for thread in threads):
+        problems.append(f"deadlock or stall: requests still running after {timeout:.0f} s")
+    return IdenticalResult(clients * requests, counts.pop("fetches"), **counts, problems=problems,
+                           latencies=latencies)
+
+
+@dataclass
+class SlowResult:
+    """Requests sent while a ScoreCAM request runs: their own LoadResult, and what became of the ScoreCAM ones."""
+
+    beside: LoadResult
+    slow_seconds: float  # how long the first ScoreCAM request took (answered or refused)
+    outcomes: list[str]  # per ScoreCAM request: "answered" or its error message
+
+    def summary(self) -> str:
+        shown = "; ".join(text[:120] for text in self.outcomes)
+        return f"beside ScoreCAM ({self.slow_seconds:.1f} s: {shown}): {self.beside.summary()}"
+
+
+def run_beside_scorecam(url: str, path: str | os.PathLike, batches: Sequence[Sequence[Job]],
+                        expected: dict[int, Reference], layer: str = "layer1", slow_requests: int = 1,
+                        timeout: float = 600.0) -> SlowResult:
+    """Send `slow_requests` ScoreCAM requests for one photo (`layer`), then, while they run, the jobs as in
+    `run_concurrent`: how the other users fare beside the slow method."""
+    from gradio_client import Client, handle_file
+
+    slow_client = Client(url, verbose=False)
+    began = time.perf_counter()
+    slow = [slow_client.submit(handle_file(str(path)), method="scorecam", layer=layer, api_name="/compare")
+            for _ in range(slow_requests)]
+    time.sleep(0.5)  # let the first one start
+    beside = run_concurrent(url, batches, expected, timeout)
+    outcomes, took = [], None
+    for job in slow:
+        try:
+            job.result(timeout=timeout)
+            outcomes.append("answered")
+        except Exception as err:
+            outcomes.append(f"{type(err).__name__}: {err}")
+        took = took if took is not None else time.perf_counter() - began
+    slow_client.close()
+    return SlowResult(beside, took or 0.0, outcomes)
+
+
+@dataclass
 class SoakResult:
     requests: int
     problems: list[str]
@@ -456,6 +618,8 @@ class SoakResult:
     start: dict[str, Any]
     latencies: list[float]
     rss: list[float]  # MB after each request
+    disk: list[float] = field(default_factory=list)  # MB of Gradio's cache folder after each request
+    oldest: list[float] = field(default_factory=list)  # age (s) of its oldest file not kept for good, after each
 
     @property
     def rss_growth_mb(self) -> float:
@@ -471,7 +635,9 @@ class SoakResult:
             f"RSS {s['rss_mb']:.0f} MB -> {w['rss_mb']:.0f} MB after warm-up -> {e['rss_mb']:.0f} MB at the end "
             f"(growth {self.rss_growth_mb:+.1f} MB, peak {max(self.rss, default=float('nan')):.0f} MB); "
             f"hooks {s['hooks']} -> {w['hooks']} -> {e['hooks']}; open fds {s['fds']} -> {w['fds']} -> {e['fds']}; "
-            f"threads {w['threads']} -> {e['threads']}"
+            f"threads {w['threads']} -> {e['threads']}; cache on disk {s['cache_mb']:.1f} MB -> "
+            f"{w['cache_mb']:.1f} MB -> {e['cache_mb']:.1f} MB (peak {max(self.disk, default=float('nan')):.1f} "
+            f"MB, {e['cache_files']} files at the end, oldest {max(self.oldest, default=float('nan')):.0f} s)"
         )
 
 
@@ -485,6 +651,8 @@ def soak(handle: AppHandle, jobs: Sequence[Job], expected: dict[int, Reference],
     problems: list[str] = []
     latencies: list[float] = []
     rss: list[float] = []
+    disk: list[float] = []
+    oldest: list[float] = []
     for n, job in enumerate(jobs):
         if n == warmup:
             warm = handle.stats()
@@ -492,14 +660,17 @@ def soak(handle: AppHandle, jobs: Sequence[Job], expected: dict[int, Reference],
         answer = call(client, job)
         latencies.append(time.perf_counter() - began)
         problems += check(job, answer, expected.get(job.index))
-        rss.append(handle.stats()["rss_mb"] if handle.pid else float("nan"))
+        after = handle.stats()
+        rss.append(after["rss_mb"] if handle.pid else float("nan"))
+        disk.append(after["cache_mb"])
+        oldest.append(after["cache_oldest_s"])
     client.close()
     time.sleep(0.5)
     end = handle.stats()
     if rss:
         warm = {**warm, "rss_mb": statistics.median(rss[max(0, warmup - 5) : warmup + 5] or rss[:1])}
         end = {**end, "rss_mb": statistics.median(rss[-10:])}
-    return SoakResult(len(jobs), problems, warm, end, start, latencies, rss)
+    return SoakResult(len(jobs), problems, warm, end, start, latencies, rss, disk, oldest)
 
 
 def split(jobs: Sequence[Job], clients: int) -> list[list[Job]]:
@@ -530,9 +701,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pid", type=int, help="with --url: the app's process id, for RSS and open files")
     parser.add_argument("--threads", type=int, default=None, help="PyTorch threads in the app (default: PyTorch's)")
     parser.add_argument("--max-rss-growth", type=float, default=50.0, help="allowed RSS growth in MB (default 50)")
+    parser.add_argument("--cache-seconds", type=int, default=60,
+                        help="the app's --cache-seconds, short so that the soak reaches the cache's plateau "
+                        "(default 60; the app's own default is 1800)")
     args = parser.parse_args(argv)
 
     from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, load_pair
+    from tests.conftest import random_image
 
     work = Path(tempfile.mkdtemp(prefix="cbam-load-"))
     if args.baseline and args.cbam:
@@ -548,14 +723,18 @@ def main(argv: list[str] | None = None) -> int:
     concurrent_jobs = make_jobs(work / "concurrent", args.clients * args.requests)
     warmup = args.warmup if args.warmup is not None else max(1, args.soak // 10)
     soak_jobs = make_jobs(work / "soak", args.soak, start=100_000, bad_every=20)
+    beside_jobs = make_jobs(work / "beside", args.clients * 4, start=50_000)
     print("starting the app; computing the reference answers locally meanwhile ...", flush=True)
     if args.url:  # its checkpoints must be the ones given here, or every answer is reported as different
         handle: AppHandle | ExternalApp = ExternalApp(args.url.rstrip("/") + "/", args.pid)
-    else:
-        handle = start_app(baseline, cbam, log=work / "app.log", threads=args.threads, wait=False)
+    else:  # a cache folder of its own, so that its disk use is the app's alone
+        handle = start_app(baseline, cbam, log=work / "app.log", threads=args.threads, wait=False,
+                           cache_seconds=args.cache_seconds, env={"GRADIO_TEMP_DIR": str(work / "gradio")})
+    same = work / "same.png"
+    random_image(7, (500, 375)).save(same)
     failed = False
     try:
-        expected = references(concurrent_jobs, models)
+        expected = references([*concurrent_jobs, *beside_jobs], models)
         expected.update(references(soak_jobs, models, every=args.soak_verify_every))
         handle.wait_ready()
         first = handle.stats()
@@ -565,13 +744,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"concurrent ({args.clients} clients x {args.requests}): {loaded.summary()}")
         for problem in loaded.problems[:20]:
             print("  " + problem)
+        identical = run_identical(handle.url, same, args.clients, args.requests)
+        print(f"identical ({args.clients} clients x {args.requests}, one photo): {identical.summary()}")
+        for problem in identical.problems[:20]:
+            print("  " + problem)
+        slowed = run_beside_scorecam(handle.url, same, split(beside_jobs, args.clients), expected, slow_requests=2)
+        print(f"{args.clients} clients x {len(beside_jobs) // args.clients} {slowed.summary()}")
+        for problem in slowed.beside.problems[:20]:
+            print("  " + problem)
         soaked = soak(handle, soak_jobs, expected, warmup)
         print(f"soak: {soaked.summary()}")
         for problem in soaked.problems[:20]:
             print("  " + problem)
         failed = bool(loaded.problems or soaked.problems) or soaked.rss_growth_mb > args.max_rss_growth
+        failed |= bool(identical.problems) or identical.bad_files > 0 or bool(slowed.beside.problems)
         failed |= soaked.end["hooks"] != soaked.start["hooks"]
         failed |= soaked.end["fds"] is not None and soaked.end["fds"] > soaked.warm["fds"] + 5
+        if not args.url:  # nothing in the cache outlives its age by more than one pruning round (and some slack)
+            from app import cache_schedule
+
+            failed |= max(soaked.oldest, default=0.0) > sum(cache_schedule(args.cache_seconds)) + 10
         load = os.getloadavg()
         print(f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     finally:

@@ -671,6 +671,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if shard[1] > 1 and not summary.merged:
         print(f"when every shard has finished: python -m cbam_viz merge {Path(args.out)}")
+    if summary.exported and summary.errors == summary.exported and not summary.skipped:
+        print(
+            f"error: none of the {summary.errors} input image(s) could be read; the manifest's error column says why",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

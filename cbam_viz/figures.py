@@ -6,6 +6,7 @@ Only `matplotlib.figure.Figure` is used (never pyplot), so figures can be drawn 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,12 @@ from cbam_viz.fileio import atomic_path
 from cbam_viz.render import overlay
 
 FigureRow = tuple[Image.Image, ModelResult, ModelResult]
+TITLE_CHARS, TITLE_LINES = 60, 3  # a title is wrapped to lines of this many characters, at most this many lines
+
+
+def title_lines(title: str, width: int = TITLE_CHARS, max_lines: int = TITLE_LINES) -> list[str]:
+    """The figure title wrapped to the grid's width, clipped with '…' after `max_lines` (so it never overflows)."""
+    return textwrap.wrap(" ".join(title.split()), width, max_lines=max_lines, placeholder=" …")
 
 
 def method_title(result: ModelResult) -> str:
@@ -60,10 +67,11 @@ def paper_figure_image(
     ]
     aspect = max(im.height / im.width for im, _, _ in rows)
     tile_h = tile_inches * min(max(aspect, 0.5), 1.5)
-    height = len(rows) * (tile_h + 0.55) + 0.5 + (0.35 if title else 0.0)
+    lines = title_lines(title) if title else []
+    height = len(rows) * (tile_h + 0.55) + 0.5 + 0.2 * len(lines) + (0.15 if lines else 0.0)
     fig = Figure(figsize=(3 * tile_inches + 0.5, height), layout="constrained")
-    if title:
-        fig.suptitle(title, fontsize=12)
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=12)
     axes = np.atleast_2d(fig.subplots(len(rows), 3, squeeze=False))
     for r, (image, base, cbam) in enumerate(rows):
         label = row_labels[r] if row_labels is not None else None

@@ -1,13 +1,14 @@
-"""Rendering: heatmap overlays (grad-cam's `show_cam_on_image` with any matplotlib colormap)."""
+"""Rendering: heatmap overlays (grad-cam's colormap handling with any matplotlib colormap, a plain alpha blend)."""
 
 from __future__ import annotations
 
 import functools
 
+import cv2
 import matplotlib
 import numpy as np
 from PIL import Image
-from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
+from pytorch_grad_cam.utils.image import scale_cam_image
 
 COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "plasma", "coolwarm")
 
@@ -23,12 +24,22 @@ def _lut_bgr(colormap: str) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, ::-1].reshape(256, 1, 3))
 
 
+def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """A [0, 1] heatmap as an H×W×3 uint8 RGB picture, coloured as grad-cam's `show_cam_on_image` colours it."""
+    bgr = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), _lut_bgr(colormap))
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.5, colormap: str = "jet") -> Image.Image:
-    """Blend a [0, 1] heatmap (resized to the image if needed) over an RGB image; opacity is the heatmap's weight."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    """Blend a [0, 1] heatmap (resized to the image if needed) over an RGB image; opacity is the heatmap's weight.
+
+    A plain alpha blend: opacity 0 gives the image exactly, 1 the colormap. (grad-cam's `show_cam_on_image`
+    divides the blend by its maximum, which brightens dark photos and shifts the colours of one-colour ones.)
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be from 0 to 1, not {opacity}")
+    rgb = np.asarray(image.convert("RGB"))
     if heatmap.shape != rgb.shape[:2]:
         heatmap = scale_cam_image(heatmap[None], (rgb.shape[1], rgb.shape[0]))[0]
-    blended = show_cam_on_image(
-        rgb, np.clip(heatmap, 0, 1), use_rgb=True, colormap=_lut_bgr(colormap), image_weight=1.0 - opacity
-    )
+    blended = cv2.addWeighted(colorize(heatmap, colormap), float(opacity), rgb, 1.0 - float(opacity), 0.0)
     return Image.fromarray(blended)

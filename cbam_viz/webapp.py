@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import hashlib
+import io
 import math
 import os
 import re
@@ -33,7 +35,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +57,8 @@ from cbam_viz.cam import (
 from cbam_viz.checkpoints import LoadedModel
 from cbam_viz.errors import CbamVizError
 from cbam_viz.figures import paper_figure
-from cbam_viz.fileio import is_within
-from cbam_viz.images import ImageError, load_image
+from cbam_viz.fileio import atomic_write_bytes, is_within
+from cbam_viz.images import MAX_PIXELS, ImageError, load_image
 from cbam_viz.metrics import agreement, box_mask, energy_in_mask, peak, pointing_hit
 from cbam_viz.render import COLORMAPS, overlay
 
@@ -67,6 +69,14 @@ MODEL_KEYS = ("baseline", "cbam")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 MASK_SUFFIX = ".mask.png"
 MAX_FIGURE_ROWS = 8
+ECHO_CHARS = 80  # user text quoted back in a message is clipped to this
+# Methods that run the model once per channel of the explained layer (256 at layer1 to 2048 at layer4): at most
+# one such request runs at a time, and one whose estimated time exceeds Studio.slow_seconds is refused.
+SLOW_METHODS = ("scorecam",)
+SLOW_SECONDS = 60.0
+# ScoreCAM forwards its masked copies of the image in batches, cheaper per copy than a forward pass of one image:
+# until a run has measured the cost of one copy here, it is taken as this share of the fastest forward pass seen.
+SLOW_PASS_SHARE = 0.5
 FIGURE_STEM = "cbam_gradcam_figure"
 
 ATTENTION_CAPTION = (
@@ -202,31 +212,40 @@ def normalise_target(target: object) -> str:
     return text
 
 
+def echo(text: object, limit: int = ECHO_CHARS) -> str:
+    """User input quoted for a message, clipped to `limit` characters (a pasted page must not come back whole)."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def check_controls(method: object, layer: object, opacity: object = 0.5, colormap: object = "jet") -> tuple:
     """Validate the rendering controls as they arrive from a form or an API call; CbamVizError says what is wrong."""
     method = str(method or DEFAULT_METHOD).strip().lower()
     if method not in METHODS:
-        raise CbamVizError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+        raise CbamVizError(f"unknown CAM method {echo(method)}; choose one of {', '.join(METHODS)}")
     layer = str(layer or DEFAULT_LAYER).strip().lower()
     if layer not in LAYERS:
-        raise CbamVizError(f"unknown layer {layer!r}; choose one of {', '.join(LAYERS)}")
+        raise CbamVizError(f"unknown layer {echo(layer)}; choose one of {', '.join(LAYERS)}")
     try:
         opacity = float(0.5 if opacity is None else opacity)
     except (TypeError, ValueError):
-        raise CbamVizError(f"opacity must be a number from 0 to 1, not {opacity!r}") from None
+        raise CbamVizError(f"opacity must be a number from 0 to 1, not {echo(opacity)}") from None
     if not 0.0 <= opacity <= 1.0:
         raise CbamVizError(f"opacity must be from 0 to 1, not {opacity}")
     colormap = str(colormap or "jet").strip()
     if colormap not in COLORMAPS:
-        raise CbamVizError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+        raise CbamVizError(f"unknown colormap {echo(colormap)}; choose one of {', '.join(COLORMAPS)}")
     return method, layer, opacity, colormap
 
 
-_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+MAX_BOX_COORDINATE = MAX_PIXELS  # no image the app accepts has a side longer than this many pixels
 
 
 def parse_box(text: object) -> tuple[float, float, float, float] | None:
-    """'x0, y0, x1, y1' (any separators, brackets allowed) in pixels -> a tuple; None for an empty box."""
+    """'x0, y0, x1, y1' (any separators, brackets, exponents allowed) in pixels -> a tuple; None for an empty box."""
     if text is None:
         return None
     if isinstance(text, (list, tuple)):
@@ -238,14 +257,25 @@ def parse_box(text: object) -> tuple[float, float, float, float] | None:
         values = re.findall(_NUMBER, raw)
         leftover = re.sub(_NUMBER, "", raw)
         if len(values) != 4 or re.search(r"[^\s,;()\[\]]", leftover):
-            raise CbamVizError(f"the box must be four numbers 'x0, y0, x1, y1' in pixels, not {raw[:60]!r}")
-    try:
-        box = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise CbamVizError("the box must be four numbers x0, y0, x1, y1 in pixels") from None
-    if len(box) != 4 or not all(math.isfinite(v) for v in box):
-        raise CbamVizError("the box must be four finite numbers x0, y0, x1, y1 in pixels")
-    return box  # type: ignore[return-value]
+            raise CbamVizError(f"the box must be four numbers 'x0, y0, x1, y1' in pixels, not {echo(raw)}")
+    if len(values) != 4:
+        raise CbamVizError("the box must be four numbers x0, y0, x1, y1 in pixels")
+    box = []
+    for value in values:
+        try:
+            number = float(value)
+        except OverflowError:  # an int past float's range
+            number = math.inf
+        except (TypeError, ValueError):
+            raise CbamVizError("the box must be four numbers x0, y0, x1, y1 in pixels") from None
+        if math.isnan(number):
+            raise CbamVizError("the box must be four numbers x0, y0, x1, y1 in pixels, not NaN")
+        if abs(number) > MAX_BOX_COORDINATE:
+            raise CbamVizError(
+                f"the box coordinate {echo(value)} is out of range: x0, y0, x1, y1 are pixels of the uploaded image"
+            )
+        box.append(number)
+    return tuple(box)  # type: ignore[return-value]
 
 
 def format_box(box: Sequence[float]) -> str:
@@ -263,6 +293,7 @@ class Studio:
         max_side: int = 1024,
         image_cache: int = 16,
         result_cache: int = 64,
+        slow_seconds: float = SLOW_SECONDS,
     ) -> None:
         missing = [key for key in MODEL_KEYS if key not in models]
         if missing:
@@ -270,7 +301,11 @@ class Studio:
         self.models = {key: models[key] for key in MODEL_KEYS}
         self.max_side = max_side
         self.model_runs = 0  # model passes started (one per model per cache miss)
+        self.slow_seconds = slow_seconds
+        self.forward_seconds: float | None = None  # the fastest forward pass of one model on one image seen
+        self.slow_pass_seconds: float | None = None  # one pass of a slow method, measured on its runs
         self._lock = threading.Lock()
+        self._slow = threading.Lock()  # held by the one slow-method request that may run
         # decoded uploads at full size: at most 16 of them and about 100 megapixels in all
         self._files = LRU(16, weigh=lambda source: source.image.width * source.image.height, budget=100e6)
         self._base = LRU(image_cache)
@@ -325,35 +360,20 @@ class Studio:
     def open_upload(
         self, payload: object, *, within: Sequence[str | os.PathLike] | None = None
     ) -> SourceImage | None:
-        """An image from a Gradio upload payload (FileData dict, path string or data: URL); None when empty.
-
-        `within`: the folders an uploaded file must be in (the server's upload folder). The web app passes it:
-        with preprocess=False Gradio does not check a payload that omits FileData's `meta`, so an API call could
-        otherwise name any file on the server. Such a path is refused without opening (or stat-ing) it.
-        """
-        if payload is None or payload == "":
+        """An image from a Gradio upload payload (FileData dict, data: URL, or a path string in library use);
+        None when empty. `within`: see `check_upload`."""
+        upload = check_upload(payload, within)
+        if upload is None:
             return None
-        if isinstance(payload, (str, os.PathLike)):
-            path, name, url = os.fspath(payload), None, None
-        elif isinstance(payload, dict):
-            path, name, url = payload.get("path"), payload.get("orig_name"), payload.get("url")
-        else:
-            raise ImageError("the upload is not an image file")
-        label = _base_name(name or path or "image")
-        if isinstance(url, str) and url.startswith("data:"):
+        label, path, url = upload
+        if url is not None:
             try:
                 data = base64.b64decode(url.split(",", 1)[1], validate=False)
             except (IndexError, binascii.Error, ValueError):
                 raise ImageError(f"{label} is not a valid base64 data URL") from None
             return self.open(data, name=label)
-        if not path:
-            raise ImageError("no image file was received")
-        if re.match(r"^[a-z][a-z0-9+.-]*://", str(path), re.IGNORECASE):
-            raise ImageError(f"{label} is a URL: upload the image file itself (the server does not fetch URLs)")
-        if within is not None and not _inside(path, within):
-            raise ImageError(
-                f"{label} was not uploaded to this app: send the image file itself (gradio_client: handle_file)"
-            )
+        if within is not None and not os.path.exists(path):
+            raise ImageError(f"{label} is no longer on the server (uploads are deleted after a while): upload it again")
         return self.open(path, name=label)
 
     # --------------------------------------------------------------------------------------------- analysis
@@ -364,10 +384,14 @@ class Studio:
     def _base_entry(self, source: SourceImage) -> tuple[Image.Image, dict[str, ModelResult]]:
         def compute() -> tuple[Image.Image, dict[str, ModelResult]]:
             self._count(len(self.models))
+            began = time.perf_counter()
             comparison = run_models(
                 [source.image], self.models, target=TOP1, method=DEFAULT_METHOD, layer=DEFAULT_LAYER,
                 max_side=self.max_side,
             )[0]
+            per_model = (time.perf_counter() - began) / len(self.models)
+            with self._lock:  # the fastest: a busy machine or the first pass's warm-up only slow it down
+                self.forward_seconds = min(per_model, self.forward_seconds or per_model)
             return comparison.image, comparison.results
 
         return self._base.get_or_compute(source.key, compute)
@@ -381,9 +405,11 @@ class Studio:
         """One class index for model `key`: its top-1 for 'top1', else the class name or index given."""
         if target == TOP1:
             return base.targets[0]
+        if len(target) > ECHO_CHARS:  # longer than any class name or index: refused before it is echoed whole
+            raise CbamVizError(f"unknown target class {echo(target)}; use 'top1', one class name or one class index")
         indices = resolve_target(target, self.models[key].meta, base.probs)
         if len(indices) != 1:
-            raise CbamVizError(f"the target must be 'top1', one class name or one class index, not {target!r}")
+            raise CbamVizError(f"the target must be 'top1', one class name or one class index, not {echo(target)}")
         return indices[0]
 
     def analyse(
@@ -394,8 +420,44 @@ class Studio:
         target = normalise_target(target)
         shown, base = self._base_entry(source)
         indices = {key: self.target_index(key, target, base[key]) for key in self.models}
-        results = {key: self._result(source, key, method, layer, indices[key], base[key], shown) for key in self.models}
+        cached = all((source.key, key, method, layer, indices[key]) in self._results for key in self.models)
+        with contextlib.nullcontext() if method not in SLOW_METHODS or cached else self._slow_slot(method, layer):
+            results = {
+                key: self._result(source, key, method, layer, indices[key], base[key], shown) for key in self.models
+            }
         return Analysis(source, shown, results, target, method, layer)
+
+    def _slow_passes(self, layer: str) -> list[int]:
+        return [getattr(loaded.model, layer)[-1].conv3.out_channels for loaded in self.models.values()]
+
+    def slow_estimate(self, method: str, layer: str) -> tuple[int, float]:
+        """(forward passes per model, estimated seconds for both models) of a slow method at `layer`: one pass per
+        channel of the layer, each costing what the last runs measured (before any, a share of a forward pass)."""
+        passes = self._slow_passes(layer)
+        per_pass = self.slow_pass_seconds or SLOW_PASS_SHARE * (self.forward_seconds or 0.0)
+        return max(passes), sum(passes) * per_pass
+
+    @contextlib.contextmanager
+    def _slow_slot(self, method: str, layer: str) -> Iterator[None]:
+        """Run a slow method only if its estimated time is within slow_seconds and no other one is running."""
+        label = METHODS[method][1].split(" (")[0]
+        passes, seconds = self.slow_estimate(method, layer)
+        if seconds > self.slow_seconds:
+            raise CbamVizError(
+                f"{label} at {layer} runs each model {passes} times (once per channel), about {_duration(seconds)} "
+                f"on this server, over its limit of {_duration(self.slow_seconds)}: pick another method (one pass "
+                "each) or an earlier layer"
+            )
+        if not self._slow.acquire(blocking=False):
+            raise CbamVizError(f"another {label} request is running (they run one at a time): try again shortly")
+        began = time.perf_counter()
+        try:
+            yield
+            measured = (time.perf_counter() - began) / sum(self._slow_passes(layer))
+            last = self.slow_pass_seconds
+            self.slow_pass_seconds = measured if last is None else (last + measured) / 2
+        finally:
+            self._slow.release()
 
     def _result(
         self, source: SourceImage, key: str, method: str, layer: str, index: int, base: ModelResult, shown: Image.Image
@@ -461,6 +523,60 @@ class Studio:
             for key, res in analysis.results.items()
         }
         return Localization(source, mask, kept_box, scores)
+
+
+SEND_A_FILE = "send the image as a file upload (gradio_client: handle_file(path))"
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def check_upload(
+    payload: object, within: Sequence[str | os.PathLike] | None = None
+) -> tuple[str, str | None, str | None] | None:
+    """(label, path, data URL) that an upload payload names, None when empty; no file is opened or decoded.
+
+    `within`: the folders an uploaded file must be in (the server's upload folder). The web app passes it, and
+    then only FileData dicts naming a file there (or carrying a data: URL) are uploads: a text string or any
+    other server path gets an ImageError saying what to send, so an API call can never name a server file.
+    """
+    if payload is None or (payload == "" and within is None):
+        return None
+    if isinstance(payload, (str, os.PathLike)):
+        if within is not None:
+            text = os.fspath(payload)
+            if not text:
+                raise ImageError(f"no image was sent: {SEND_A_FILE}")
+            if _URL.match(text):
+                raise ImageError(f"the image was sent as a URL, which the server does not fetch: {SEND_A_FILE}")
+            raise ImageError(f"the image was sent as a text string, not a file: {SEND_A_FILE}")
+        path, name, url = os.fspath(payload), None, None
+    elif isinstance(payload, dict):
+        path, name, url = payload.get("path"), payload.get("orig_name"), payload.get("url")
+    else:
+        kind = type(payload).__name__
+        raise ImageError(f"the image was sent as a value of type {kind}, not a file: {SEND_A_FILE}")
+    label = _base_name(name or path or "image")
+    if isinstance(url, str) and url.startswith("data:"):
+        return label, None, url
+    if not path or not isinstance(path, str):
+        raise ImageError(f"no image file was received: {SEND_A_FILE}")
+    if _URL.match(path):
+        raise ImageError(f"{label} is a URL, which the server does not fetch: {SEND_A_FILE}")
+    if within is not None and not _inside(path, within):
+        raise ImageError(f"{label} was not uploaded to this app: {SEND_A_FILE}")
+    return label, path, None
+
+
+def slow_methods_note(slow_seconds: float) -> str:
+    """What the page says up front about the slow methods (the method dropdown's info line)."""
+    names = " and ".join(METHODS[m][1].split(" (")[0] for m in SLOW_METHODS)
+    return (
+        f"{names}: slow, one forward pass per channel (256 at layer1 to 2048 at layer4); one runs at a time, and "
+        f"one estimated over {_duration(slow_seconds)} is refused. The others take one pass."
+    )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _inside(path: object, folders: Sequence[str | os.PathLike]) -> bool:
@@ -764,6 +880,52 @@ def _value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_value(v) for v in value)
     return str(value)
+
+
+def save_once(image: Image.Image, folder: str | os.PathLike, fmt: str = "webp") -> Path:
+    """Write `image` as folder/<new random id>.fmt, atomically, and return the path: a file that is never
+    rewritten, so a client still reading an earlier response's picture cannot see it change."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    path = Path(folder) / f"{uuid.uuid4().hex}.{fmt}"
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def delete_old_files(folder: str | os.PathLike, older_than: float) -> int:
+    """Delete the files directly in `folder` whose ctime is `older_than` seconds or more ago; returns how many."""
+    removed, cutoff = 0, time.time() - older_than
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_ctime <= cutoff:
+                os.remove(entry.path)
+                removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def prune_empty_folders(root: str | os.PathLike, older_than: float) -> int:
+    """Remove the empty folders below `root` untouched for `older_than` seconds; returns how many.
+
+    Deleting old uploads leaves each one's folder behind, so without this the folders alone would grow without
+    bound under a sustained load.
+    """
+    removed, cutoff, root = 0, time.time() - older_than, os.fspath(root)
+    for folder, _, files in os.walk(root, topdown=False):
+        if folder == root or files:
+            continue
+        try:
+            if os.stat(folder).st_mtime < cutoff:
+                os.rmdir(folder)  # fails, harmlessly, if a file arrived meanwhile
+                removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 # ------------------------------------------------------------------------------------------------ exports

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import subprocess
 import sys
@@ -165,11 +166,133 @@ def test_bad_upload_gives_a_clear_message_without_paths(client, tmp_path, name):
         ({"colormap": "rainbowz"}, "unknown colormap"),
         ({"box": "1, 2, 3"}, "four numbers"),
         ({"box": "500, 500, 600, 600"}, "does not cover any pixel"),
+        ({"box": "0,0,1e308,1e308"}, "the box coordinate '1e308' is out of range"),
+        ({"target": "x" * 10_000}, f"unknown target class {'x' * 80!r}… (10000 characters)"),
+        ({"target": "7" * 5_000}, "(5000 characters); use 'top1', one class name or one class index"),
+        ({"method": "m" * 10_000}, "(10000 characters); choose one of gradcam"),
+        ({"box": "1, 2, 3, 4 " + "x" * 10_000}, "four numbers 'x0, y0, x1, y1' in pixels, not '1, 2, 3, 4 xxx"),
+        ({"box": "1, 2, 3, " + "4" * 10_000}, "out of range"),
     ],
 )
 def test_bad_controls_give_clear_messages(client, kwargs, expected):
-    with pytest.raises(AppError, match=re.escape(expected)):
+    with pytest.raises(AppError, match=re.escape(expected)) as caught:
         client.predict(handle_file(str(EXAMPLE)), api_name="/compare", **kwargs)
+    assert len(str(caught.value)) < 250, str(caught.value)  # user text comes back clipped, never whole
+
+
+def test_overlay_files_are_written_once_under_new_names(tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "get_upload_folder", lambda: str(tmp_path))
+    picture = random_image(9, (40, 30))
+    first = app.served(picture)
+    before = (Path(first).read_bytes(), os.stat(first).st_ino, os.stat(first).st_mtime_ns)
+    second = app.served(picture)  # the same picture again, as for an identical request
+    assert first != second and Path(first).parent == Path(second).parent == tmp_path / app.OVERLAYS
+    assert (Path(first).read_bytes(), os.stat(first).st_ino, os.stat(first).st_mtime_ns) == before
+    assert Path(second).read_bytes() == before[0]
+    with Image.open(second) as im:
+        assert im.format == "WEBP" and im.size == (40, 30)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(map(Path, (first, second)))  # no .part
+
+
+def test_slow_methods_run_one_at_a_time_and_only_within_their_time_limit(tiny_models, monkeypatch):
+    from cbam_viz import webapp
+
+    studio = Studio(tiny_models, examples_dir=None)
+    source = studio.open(random_image(12, (72, 56)))
+    studio.base(source)
+    assert studio.forward_seconds and studio.forward_seconds > 0
+    passes, seconds = studio.slow_estimate("scorecam", "layer4")
+    assert passes == 2048 and seconds == pytest.approx(2 * 2048 * webapp.SLOW_PASS_SHARE * studio.forward_seconds)
+    assert studio.slow_estimate("scorecam", "layer1")[0] == 256
+
+    studio.slow_seconds = seconds / 2  # refused before any model runs, saying why
+    runs = studio.model_runs
+    with pytest.raises(CbamVizError, match=r"^ScoreCAM at layer4 runs each model 2048 times \(once per channel\), "
+                                           r"about .+ over its limit of .+: pick another method"):
+        studio.analyse(source, method="scorecam", layer="layer4")
+    assert studio.model_runs == runs
+
+    studio.slow_seconds = 1e9
+    started, finish = threading.Event(), threading.Event()
+    real = webapp.run_models
+
+    def slow_pass(images, models, **kwargs):
+        if kwargs["method"] == "scorecam":  # stands in for minutes of ScoreCAM
+            started.set()
+            assert finish.wait(60)
+            kwargs["method"] = "gradcam++"
+        return real(images, models, **kwargs)
+
+    monkeypatch.setattr(webapp, "run_models", slow_pass)
+    first = threading.Thread(target=studio.analyse, args=(source,), kwargs={"method": "scorecam", "layer": "layer3"})
+    first.start()
+    try:
+        assert started.wait(60)
+        other = studio.open(random_image(13, (64, 48)))
+        with pytest.raises(CbamVizError, match="^another ScoreCAM request is running .they run one at a time."):
+            studio.analyse(other, method="scorecam", layer="layer1")
+        assert studio.analyse(other, method="hirescam").method == "hirescam"  # the fast methods are not held up
+    finally:
+        finish.set()
+        first.join(60)
+    assert studio.analyse(source, method="scorecam", layer="layer3").method == "scorecam"  # cached: no slot needed
+    assert studio._slow.acquire(blocking=False)  # and the slot was given back
+    studio._slow.release()
+    # the run measured what one pass costs, and later estimates use it
+    assert studio.slow_pass_seconds and studio.slow_estimate("scorecam", "layer1")[1] == pytest.approx(
+        2 * 256 * studio.slow_pass_seconds
+    )
+
+
+def test_the_page_says_which_methods_are_slow(server):
+    method = next(b for b in server.demo.blocks.values() if getattr(b, "elem_id", None) == "method")
+    assert method.info.startswith("ScoreCAM: slow, one forward pass per channel") and "is refused" in method.info
+    assert ("ScoreCAM (slow: one forward pass per channel)", "scorecam") in method.choices
+
+
+def test_cache_pruning_deletes_old_files_and_their_folders_but_keeps_examples(tmp_path, monkeypatch):
+    import time
+
+    import gradio as gr
+
+    monkeypatch.setattr(app, "get_upload_folder", lambda: str(tmp_path))
+    with app.StudioBlocks() as demo:
+        gallery = gr.Image()
+    paths = {name: tmp_path / name / "f.png" for name in ("upload", "overlay", "example", "fresh")}
+    for name in ("upload", "overlay", "example"):
+        paths[name].parent.mkdir()
+        paths[name].write_bytes(b"x")
+    time.sleep(1.2)
+    paths["fresh"].parent.mkdir()
+    paths["fresh"].write_bytes(b"x")
+    demo.upload_file_set.update(str(paths[n]) for n in ("upload", "fresh"))
+    gallery.temp_files.update(str(paths[n]) for n in ("overlay", "example"))
+    gallery.keep_in_cache.add(str(paths["example"]))
+    untracked = tmp_path / "other-app.png"  # another app's file in the same folder: not ours to delete
+    untracked.write_bytes(b"x")
+    demo.prune_cache(1.0)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "example", "example/f.png", "fresh", "fresh/f.png", "other-app.png", "overlay", "upload",
+    ]  # the emptied folders go once they too are older than the age
+    assert str(paths["upload"]) not in demo.upload_file_set and str(paths["fresh"]) in demo.upload_file_set
+    for folder in ("overlay", "upload"):
+        os.utime(tmp_path / folder, (0, 0))
+    demo.prune_cache(1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["example", "fresh", "other-app.png"]
+
+
+def test_prune_empty_folders_removes_only_old_empty_ones(tmp_path):
+    from cbam_viz.webapp import prune_empty_folders
+
+    old_empty, new_empty, full, nested = (tmp_path / n for n in ("old", "new", "full", "a/b"))
+    for folder in (old_empty, new_empty, full, nested):
+        folder.mkdir(parents=True)
+    (full / "upload.png").write_bytes(b"x")
+    for folder in (old_empty, full, nested, tmp_path / "a"):
+        os.utime(folder, (0, 0))
+    assert prune_empty_folders(tmp_path, older_than=60) == 2  # old/ and a/b/ (a/ changed just now: next round)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "full", "new"] and (full / "upload.png").exists()
+    assert prune_empty_folders(tmp_path, older_than=0) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["full"]
 
 
 def test_upload_size_cap(server, tmp_path):
@@ -302,9 +425,17 @@ def test_parse_box():
     assert parse_box("") is None and parse_box(None) is None
     assert parse_box("(1, 2.5, 30, 40)") == (1.0, 2.5, 30.0, 40.0)
     assert parse_box("[1 2 3 4]") == (1.0, 2.0, 3.0, 4.0)
-    for bad in ("1, 2, 3", "a, b, c, d", "1, 2, 3, 4, 5", "1, 2, 3, 4 px"):
-        with pytest.raises(CbamVizError):
+    assert parse_box("1e2, 2.5E1, -3e-1, .5e+1") == (100.0, 25.0, -0.3, 5.0)
+    assert parse_box([0, 0, 64e6, 1]) == (0.0, 0.0, 64e6, 1.0)
+    for bad in ("1, 2, 3", "a, b, c, d", "1, 2, 3, 4, 5", "1, 2, 3, 4 px", "1e, 2, 3, 4", [1, 2, 3]):
+        with pytest.raises(CbamVizError, match="four numbers"):
             parse_box(bad)
+    with pytest.raises(CbamVizError, match="not NaN"):
+        parse_box([0, 0, float("nan"), 1])
+    for far, shown in (("0,0,1e308,1e308", "'1e308'"), ("0 0 1e999 1", "'1e999'"), ("-7e7, 0, 1, 1", "'-7e7'"),
+                       ([0, 0, 10**400, 1], "'1000000000"), ([0, 0, float("inf"), 1], "'inf'")):
+        with pytest.raises(CbamVizError, match=re.escape(f"the box coordinate {shown}") + ".* is out of range"):
+            parse_box(far)
 
 
 def test_lru_runs_each_key_once_under_concurrency():
@@ -365,6 +496,25 @@ def test_paper_figure_and_channel_plot(tiny_models, tmp_path):
     attention = rows[0][2].attention
     fig = channel_attention_figure(attention, ["layer1.2", "layer2.3", "layer3.5", "layer4.2"])
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 4
+
+
+def test_a_very_long_figure_title_is_wrapped_and_clipped_inside_the_figure(tiny_models):
+    from cbam_viz.figures import TITLE_CHARS, TITLE_LINES, paper_figure_image, title_lines
+
+    c = compare(random_image(3, (80, 60)), tiny_models)
+    row = (c.image, c.results["baseline"], c.results["cbam"])
+    assert title_lines("Two  scenes\n") == ["Two scenes"]
+    long = ("Grad-CAM of both models " * 500)[:10_000]
+    for title in (long, "x" * 10_000):  # words, and one 10,000-character word
+        lines = title_lines(title)
+        assert len(lines) == TITLE_LINES and all(len(line) <= TITLE_CHARS for line in lines)
+        assert lines[-1].endswith("…") and lines[0] == title[: len(lines[0])]
+        fig = paper_figure_image([row], title=title)
+        fig.canvas.draw()
+        shown = fig._suptitle
+        assert shown.get_text() == "\n".join(lines)
+        box, page = shown.get_window_extent(), fig.bbox
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1, (box, page)
 
 
 # ------------------------------------------------------------------------------------------------- the CLI

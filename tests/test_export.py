@@ -283,6 +283,24 @@ def test_no_inputs_exit_2(tmp_path, tiny_checkpoints, capsys, monkeypatch, input
     assert err.startswith("error: ") and "Traceback" not in err
 
 
+def test_every_input_unreadable_exits_1_with_a_summary(tmp_path, tiny_checkpoints, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(b"")
+    (src / "b.png").write_bytes(b"plain text named .png")
+    out = tmp_path / "out"
+    for _ in range(2):  # and again on the rerun, which retries error rows
+        assert run_export(src, "--out", out, *weights(tiny_checkpoints)) == 1
+        captured = capsys.readouterr()
+        assert "0 image(s) exported, 0 already done, 2 unreadable" in captured.out
+        errors = captured.err.strip().splitlines()
+        assert errors == ["error: none of the 2 input image(s) could be read; the manifest's error column says why"]
+        assert sorted(row["error"].split(" is ")[0] for row in manifest(out)) == ["a.jpg"] * 2 + ["b.png"] * 2
+    make_images(src, ["good.jpg"])  # one readable image among them: a partial export succeeds
+    assert run_export(src, "--out", out, *weights(tiny_checkpoints)) == 0
+    assert "1 image(s) exported, 0 already done, 2 unreadable" in capsys.readouterr().out
+
+
 def test_cuda_request_without_a_gpu_is_a_clear_error(tmp_path, tiny_checkpoints, capsys):
     import torch
 

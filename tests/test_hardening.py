@@ -303,6 +303,76 @@ def test_api_cannot_name_a_file_on_the_server(server, client, tiny_models, tmp_p
         shutil.rmtree(folder, ignore_errors=True)
 
 
+SEND = "send the image as a file upload (gradio_client: handle_file(path))"
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ("PATH", f"the image was sent as a text string, not a file: {SEND}"),
+        ("https://example.com/cat.jpg", f"the image was sent as a URL, which the server does not fetch: {SEND}"),
+        ("missing.jpg", f"the image was sent as a text string, not a file: {SEND}"),
+        ("", f"no image was sent: {SEND}"),
+        (12, f"the image was sent as a value of type int, not a file: {SEND}"),
+    ],
+)
+def test_images_sent_without_handle_file_get_a_message_saying_what_to_send(client, tmp_path, payload, expected):
+    """Gradio validates every payload against the component's data model even with preprocess=False, and its
+    pydantic error came back as the anonymous 'has not enabled verbose error reporting'."""
+    if payload == "PATH":
+        payload = str(tmp_path / "photo.png")
+        random_image(3, (40, 30)).save(payload)
+    for api_name, kwargs in (("/compare", {}), ("/paper_figure", {"include_current": True})):
+        with pytest.raises(AppError) as caught:
+            client.predict(payload, api_name=api_name, **kwargs)
+        assert str(caught.value) == expected, (api_name, str(caught.value))
+        assert_clear(str(caught.value))
+    with pytest.raises(AppError, match=re.escape(SEND)):
+        client.predict(extra_images=[payload or "x"], include_current=False, api_name="/paper_figure")
+
+
+def call_rest(url: str, data: list) -> tuple[str, dict]:
+    """POST /gradio_api/call/compare as curl would, then read the event stream: (event, its data)."""
+    posted = httpx.post(url + "gradio_api/call/compare", json={"data": data}, timeout=60)
+    posted.raise_for_status()
+    stream = httpx.get(url + f"gradio_api/call/compare/{posted.json()['event_id']}", timeout=300).text
+    events = re.findall(r"event: (\w+)\ndata: (.*)", stream)
+    event, payload = next((e, d) for e, d in events if e in ("complete", "error"))
+    return event, json.loads(payload)
+
+
+def test_raw_rest_calls_get_answers_or_messages(server, tiny_models, tmp_path):
+    image = random_image(8, (70, 50))
+    uploaded = upload_raw(server.url, b"rest.png", badfiles.encode(image, "PNG"))
+    meta = {"meta": {"_type": "gradio.FileData"}}
+    # only the image, as the README promises: the other inputs take their defaults
+    for payload in ({"path": uploaded, **meta}, {"path": uploaded, "orig_name": "rest.png"}):
+        event, data = call_rest(server.url, [payload])
+        assert event == "complete", data
+        scores = data[2]
+        assert (scores["target"], scores["method"], scores["layer"]) == ("top1", "gradcam", "layer4")
+        expected = expected_answer(image, tiny_models)
+        assert [p["label"] for p in scores["models"]["cbam"]["top5"]] == expected.models["cbam"][0]
+    # meta naming a server file: refused by the app before Gradio's own anonymous check
+    event, data = call_rest(server.url, [{"path": "/etc/passwd", **meta}, "top1", "gradcam", "layer4", 0.5, "jet", ""])
+    assert event == "error" and data["error"] == f"passwd was not uploaded to this app: {SEND}", data
+    event, data = call_rest(server.url, [])
+    assert event == "error" and data["error"].startswith("missing input image: send the inputs in the order [image,")
+    assert_clear(data["error"])
+    event, data = call_rest(server.url, ["missing.jpg"])
+    assert event == "error" and data["error"] == f"the image was sent as a text string, not a file: {SEND}"
+
+
+def test_an_upload_part_without_a_file_name_gets_400_with_what_to_send(server):
+    for files in ({"files": ("", b"\x89PNG not really")}, {"files": (None, b"plain form field")}):
+        response = httpx.post(server.url + "gradio_api/upload", files=files, timeout=60)
+        assert response.status_code == 400, (response.status_code, response.text[:200])
+        assert response.text == "send the image as a file: the multipart field 'files' needs a file name " \
+            "(curl: -F files=@photo.jpg)"
+    good = httpx.post(server.url + "gradio_api/upload", files={"files": ("ok.png", b"\x89PNG")}, timeout=60)
+    assert good.status_code == 200 and good.json()[0].endswith("ok.png")
+
+
 def test_too_many_figure_images_are_refused_before_any_is_decoded(server, client, monkeypatch, tmp_path):
     """Each upload may be up to the cap (50 MB, 64 MP decoded): all of them were decoded before the count check."""
     decoded = []

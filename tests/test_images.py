@@ -1,4 +1,5 @@
-"""load_image turns every kind of user input into a clean RGB image, or into a one-line ImageError.
+"""load_image turns every kind of user input into a clean RGB image, or into a one-line ImageError; and the
+overlays drawn on such images keep their colours (render.overlay).
 
 Every input is generated here (PIL, numpy or hand-built PNG chunks); nothing is downloaded.
 """
@@ -18,6 +19,7 @@ from PIL import Image, features
 
 from cbam_viz.errors import CbamVizError
 from cbam_viz.images import MAX_FILE_BYTES, MAX_PIXELS, ImageError, image_to_array, load_image
+from cbam_viz.render import colorize, overlay
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 
@@ -469,3 +471,41 @@ def test_image_to_array():
     assert arr.shape == (2, 5, 3) and arr.dtype == np.uint8 and arr.flags.writeable
     assert arr[0, 0].tolist() == list(WHITE) and arr[1, 4].tolist() == list(BLUE)
     assert image_to_array(Image.new("L", (1, 1), 9)).tolist() == [[[9, 9, 9]]]
+
+
+# ------------------------------------------------------------------------------------------------ overlays
+def test_opacity_0_gives_the_image_unchanged_and_1_the_colormap():
+    """grad-cam's show_cam_on_image divided the blend by its maximum: a dark photo (mean 25) came back at mean 255
+    at opacity 0, and a red pixel turned magenta under the colormap's blue."""
+    rng = np.random.default_rng(0)
+    dark = Image.fromarray(rng.integers(0, 50, (30, 40, 3), dtype=np.uint8))
+    heat = rng.random((30, 40)).astype(np.float32)
+    assert np.array_equal(np.asarray(overlay(dark, heat, 0.0)), np.asarray(dark))
+    assert np.array_equal(np.asarray(overlay(dark, heat, 1.0, "viridis")), colorize(heat, "viridis"))
+    half = np.asarray(overlay(dark, heat, 0.5), dtype=np.int16)
+    assert np.abs(half - (np.asarray(dark, np.int16) + colorize(heat).astype(np.int16)) / 2).max() <= 1
+
+    red = Image.new("RGB", (1, 1), RED)
+    assert overlay(red, np.zeros((1, 1), np.float32), 0.0).getpixel((0, 0)) == RED
+    assert overlay(red, np.ones((1, 1), np.float32), 0.0).getpixel((0, 0)) == RED
+    low = overlay(red, np.zeros((1, 1), np.float32), 0.5).getpixel((0, 0))  # jet's dark blue at 0
+    assert low == (128, 0, 64), low  # half red, half (0, 0, 128): not rescaled to magenta (255, 0, 128)
+
+
+def test_overlay_keeps_grad_cams_colours_and_resizes_the_heatmap():
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    from cbam_viz.render import _lut_bgr
+
+    heat = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    for name in ("jet", "inferno", "coolwarm"):
+        # heatmap only: grad-cam's maximum rescale is a no-op where the colormap reaches 255 in some channel
+        theirs = show_cam_on_image(np.zeros((8, 8, 3), np.float32), heat, True, _lut_bgr(name), image_weight=0.0)
+        assert np.array_equal(colorize(heat, name), theirs), name
+        assert np.array_equal(np.asarray(overlay(Image.new("RGB", (8, 8)), heat, 1.0, name)), theirs), name
+    big = overlay(Image.new("RGB", (32, 16), WHITE), np.eye(4, dtype=np.float32), 0.7)
+    assert big.size == (32, 16) and big.mode == "RGB"
+    with pytest.raises(ValueError, match="opacity must be from 0 to 1"):
+        overlay(Image.new("RGB", (2, 2)), np.zeros((2, 2), np.float32), 1.5)
+    with pytest.raises(ValueError, match="unknown colormap 'nope'"):
+        overlay(Image.new("RGB", (2, 2)), np.zeros((2, 2), np.float32), 0.5, "nope")

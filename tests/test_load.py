@@ -19,12 +19,13 @@ from gradio_client.exceptions import AppError
 from benchmarks import load
 from cbam_viz.cam import compare
 from cbam_viz.webapp import ExportFolder, Studio
-from tests.apphelpers import serve
+from tests.apphelpers import app, serve
 from tests.conftest import random_image
 
 pytestmark = pytest.mark.timeout(300)
 
 CLIENTS, REQUESTS, SOAK, WARMUP = 4, 5, 60, 30
+CACHE_SECONDS = 8
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,8 @@ def running(tiny_checkpoints, jobs, tmp_path_factory):
         # the first large free and then keeps freed tensor memory in its heaps, so RSS ratchets up for a few dozen
         # requests before it levels off (measured: +200 MB by request ~40, flat for the next 260): longer than this
         # 60-request soak. A leak of ours still shows; `python benchmarks/load.py` measures glibc's default.
-        env={"MALLOC_MMAP_THRESHOLD_": "131072"},
+        env={"MALLOC_MMAP_THRESHOLD_": "131072", "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio"))},
+        cache_seconds=CACHE_SECONDS,  # short, so that the soak sees uploads and overlays pruned
         wait=False,
     )
     try:
@@ -68,6 +70,34 @@ def test_concurrent_users_each_get_their_own_answers(running, jobs):
     assert stats["queue_max_size"] == 32  # app.py's bounded queue (--queue-size)
 
 
+def test_identical_requests_never_get_an_empty_or_short_overlay(running, tmp_path):
+    """Gradio rewrote <cache>/<hash>/image.webp in place for each identical answer, so clients fetching an
+    earlier answer's overlay got 0 bytes or a cut file (12-15 of 400 fetches at 8 x 25)."""
+    path = tmp_path / "same.png"
+    random_image(7, (96, 72)).save(path)
+    result = load.run_identical(running.url, path, CLIENTS, REQUESTS, timeout=240)
+    print(result.summary())
+    assert result.problems == [], "\n".join(result.problems) + "\n" + running.tail()
+    assert result.fetches == 2 * CLIENTS * REQUESTS and result.bad_files == 0, result.summary()
+
+
+def test_a_scorecam_request_holds_one_worker_and_a_second_is_refused(running, jobs, tmp_path):
+    """One ScoreCAM request took 497 s in one of the two /compare workers, and two of them blocked every user."""
+    path = tmp_path / "slow.png"
+    random_image(11, (80, 60)).save(path)
+    # requests on the exact fast path, which needs no model lock (a grad-cam method waits for ScoreCAM's lock)
+    fast = [job for job in jobs.concurrent if not job.controls][:8]
+    result = load.run_beside_scorecam(running.url, path, load.split(fast, CLIENTS), jobs.expected,
+                                      slow_requests=2, timeout=240)
+    print(result.summary())
+    assert result.beside.problems == [], "\n".join(result.beside.problems)
+    assert len(result.beside.latencies) == 8
+    assert max(result.beside.latencies) < result.slow_seconds, result.summary()  # none waited for the ScoreCAM
+    assert result.outcomes.count("answered") == 1, result.outcomes
+    refused = next(text for text in result.outcomes if text != "answered")
+    assert "another ScoreCAM request is running (they run one at a time): try again shortly" in refused, refused
+
+
 def test_soak_keeps_memory_hooks_and_files_flat(running, jobs):
     assert sum(job.bad for job in jobs.soak) == 3  # unreadable files on the way: error paths must not leak either
     result = load.soak(running, jobs.soak, jobs.expected, warmup=WARMUP)
@@ -77,6 +107,12 @@ def test_soak_keeps_memory_hooks_and_files_flat(running, jobs):
     assert result.end["hooks"] == result.start["hooks"] == 0, result.summary()
     assert result.end["fds"] <= result.warm["fds"] + 3, result.summary()
     assert result.end["threads"] <= result.warm["threads"] + 4, result.summary()
+    # the cache on disk is bounded: nothing outlives its age by more than a pruning round (plus a busy machine's
+    # slack), and the files left are a few seconds' worth, not the whole run's
+    frequency, age = app.cache_schedule(CACHE_SECONDS)
+    assert 0 < max(result.oldest) <= age + frequency + 6, result.summary()
+    written = 3 * SOAK  # each request: its upload and two overlays
+    assert result.end["cache_files"] < written / 2, result.summary()
 
 
 def test_a_full_queue_answers_clearly_and_the_server_recovers(tiny_models, tmp_path):
