@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import html
+import importlib.util
 import inspect
 import logging
 import os
@@ -265,12 +266,23 @@ def build_demo(studio: Studio, exports: ExportFolder, cache_seconds: int = CACHE
 
     # ------------------------------------------------------------------------------------------ handlers
     @user_errors
-    def compare(image, target=TOP1, method="gradcam", layer="layer4", opacity=0.5, colormap="jet", box=""):
+    def compare(image: dict | str | None, target: str = TOP1, method: str = "gradcam", layer: str = "layer4",
+                opacity: float = 0.5, colormap: str = "jet", box: str = "") -> tuple[str, str, dict]:
         """Grad-CAM (or another CAM method) of ResNet50 and CBAM-ResNet50 for one image.
 
         Returns the baseline overlay, the CBAM overlay, and JSON with each model's top-5 (label, index, P), the
         target class and its P, localization scores when the object's mask (bundled examples) or a box
-        'x0, y0, x1, y1' (original pixels) is known, and CBAM's attention/Grad-CAM agreement.
+        'x0, y0, x1, y1' (original pixels) is known, CBAM's attention/Grad-CAM agreement, and familiarity
+        where the checkpoints carry a detector.
+
+        Args:
+            image: the image file (over MCP: a base64 data: URL; the server fetches no http(s) URL)
+            target: 'top1' for each model's own top-1, or one class name for both models
+            method: the CAM method; gradcam at layer4 is exact and the fastest, scorecam the slowest
+            layer: the ResNet stage the CAM is taken at (layer4, as in the paper, or layer1 to layer3)
+            opacity: heatmap opacity over the image, 0 to 1
+            colormap: the heatmap's matplotlib colormap
+            box: optional object box 'x0, y0, x1, y1' in the image's pixels, for localization scores
         """
         source = require(image)
         method, layer, opacity, colormap = check_controls(method, layer, opacity, colormap)
@@ -542,6 +554,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"(default {CACHE_SECONDS})")
     parser.add_argument("--examples", type=Path, default=Path(__file__).resolve().parent / "examples",
                         help="folder of example images (NAME.png with optional NAME.mask.png)")
+    parser.add_argument("--mcp", action="store_true",
+                        help="also serve the API endpoints (compare, paper_figure) as MCP tools at /gradio_api/mcp/ "
+                        "(needs the mcp package: pip install '.[mcp]')")
     return parser.parse_args(argv)
 
 
@@ -582,6 +597,9 @@ def load_studio(args: argparse.Namespace) -> Studio:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.mcp and importlib.util.find_spec("mcp") is None:
+        print("error: --mcp needs the mcp package: pip install '.[mcp]' (or 'mcp>=1.21,<2')", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     try:
@@ -601,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo.launch(
             server_name=args.host, server_port=args.port, share=False, show_error=False,
-            max_file_size=args.max_file_size, css=CSS,
+            max_file_size=args.max_file_size, css=CSS, mcp_server=args.mcp,
         )
     except KeyboardInterrupt:
         pass
