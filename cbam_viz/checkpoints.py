@@ -1,4 +1,4 @@
-"""Checkpoint formats: our safetensors (+ JSON metadata), torchvision ResNet50 `.pth`, and the official CBAM layout.
+"""Checkpoint formats: our safetensors (+ JSON metadata), torchvision ResNet `.pth`, and the official CBAM layout.
 
 Every loader returns a ready `LoadedModel` (eval mode) plus the metadata needed to use it (class names,
 input size, mean/std). `.pth` files are read only with `torch.load(weights_only=True)`: no pickle code runs.
@@ -19,10 +19,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cbam_viz.cbam import CBAMConfig
 from cbam_viz.errors import CbamVizError
 from cbam_viz.familiarity import STORED_METHODS, TENSOR_PREFIX, Familiarity
 from cbam_viz.fileio import atomic_path
-from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model
+from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model, infer_arch, infer_cbam_config, parse_arch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,6 +51,7 @@ class ModelMeta:
     metrics: dict = field(default_factory=dict)
     dataset: dict = field(default_factory=dict)
     source: str = ""
+    cbam: CBAMConfig | None = None  # CBAM architectures: the blocks' options (loaders fill it in when absent)
 
     @property
     def num_classes(self) -> int:
@@ -57,7 +59,10 @@ class ModelMeta:
 
     @property
     def display_name(self) -> str:
-        return DISPLAY_NAMES.get(self.arch, self.arch)
+        """The name people see, e.g. CBAM-ResNet50, plus how an ablation variant differs from the paper's design."""
+        name = DISPLAY_NAMES.get(self.arch, self.arch)
+        variant = self.cbam.differences() if self.cbam else ""
+        return f"{name} ({variant})" if variant else name
 
 
 @dataclass
@@ -190,6 +195,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta, d
         try:
             fields = json.loads(header["meta"])
             fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
+            if fields.get("cbam") is not None:
+                fields["cbam"] = CBAMConfig.from_dict(fields["cbam"])
             return state, ModelMeta(**fields), header
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{name} has damaged metadata ({err})") from None
@@ -213,6 +220,7 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
     return _normalise_foreign(obj, path.name)
 
 
+# Official key -> ours; its ChannelGate.mlp starts with a Flatten, so its Linear layers are mlp.1 and mlp.3.
 _OFFICIAL_KEYS = (
     (re.compile(r"\.cbam\.ChannelGate\.mlp\.1\."), ".cbam.channel.mlp.0."),
     (re.compile(r"\.cbam\.ChannelGate\.mlp\.3\."), ".cbam.channel.mlp.2."),
@@ -222,9 +230,10 @@ _OFFICIAL_KEYS = (
 
 
 def _normalise_foreign(state: dict[str, torch.Tensor], name: str) -> tuple[dict[str, torch.Tensor], ModelMeta]:
-    """Map torchvision / official-CBAM keys to ours and guess the metadata (ImageNet names for 1000 classes)."""
+    """Map torchvision / official-CBAM keys to ours (`module.` prefixes of DataParallel dropped) and guess the
+    metadata: depth from the stages, ImageNet names for 1000 classes."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    official = any(".cbam.SpatialGate." in k for k in state)
+    official = any(".cbam.ChannelGate." in k for k in state)
     if official:
         mapped = {}
         for key, value in state.items():
@@ -234,9 +243,12 @@ def _normalise_foreign(state: dict[str, torch.Tensor], name: str) -> tuple[dict[
                 value = value[:, [1, 0]]  # official pooling order is (max, mean); ours is (mean, max)
             mapped[key] = value
         state = mapped
-    arch = "resnet50-cbam" if any(".cbam." in k for k in state) else "resnet50"
     if "fc.weight" not in state:
-        raise CheckpointError(f"{name} has no 'fc.weight': not a ResNet50 classifier checkpoint")
+        raise CheckpointError(f"{name} has no 'fc.weight': not a ResNet classifier checkpoint")
+    try:
+        arch = infer_arch(state)
+    except ValueError as err:
+        raise CheckpointError(f"{name} is not a ResNet of a known depth: {err}") from None
     num_classes = state["fc.weight"].shape[0]
     if num_classes == 1000:
         from torchvision.models import ResNet50_Weights
@@ -249,28 +261,26 @@ def _normalise_foreign(state: dict[str, torch.Tensor], name: str) -> tuple[dict[
     return state, ModelMeta(arch=arch, class_names=names, dataset=dataset, recipe={"format": fmt})
 
 
-def _cbam_shape(state: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Reduction ratio and spatial kernel size as stored in the checkpoint (defaults when absent)."""
-    hidden = state.get("layer1.0.cbam.channel.mlp.0.weight")
-    conv = state.get("layer1.0.cbam.spatial.conv.weight")
-    shape = {}
-    if hidden is not None:
-        shape["reduction"] = hidden.shape[1] // hidden.shape[0]
-    if conv is not None:
-        shape["kernel_size"] = conv.shape[-1]
-    return shape
-
-
 def _build_and_fill(state: dict[str, torch.Tensor], meta: ModelMeta, name: str) -> nn.Module:
+    """The model `meta` describes, filled with `state`; a CBAM model's options without metadata are read from the
+    weights' shapes into `meta.cbam`, so every loaded CBAM model says how its blocks are built."""
     if meta.arch not in ARCHS:
         raise CheckpointError(f"{name}: unknown architecture {meta.arch!r} (expected one of {', '.join(ARCHS)})")
+    if meta.cbam is None and parse_arch(meta.arch)[1]:
+        meta.cbam = infer_cbam_config(state)
     fc = state.get("fc.weight")
     if fc is not None and fc.shape[0] != meta.num_classes:
         raise CheckpointError(
             f"{name}: the classifier has {fc.shape[0]} outputs but the metadata names {meta.num_classes} classes"
         )
-    model = build_model(meta.arch, meta.num_classes, **_cbam_shape(state))
+    try:
+        model = build_model(meta.arch, meta.num_classes, cbam=meta.cbam)
+    except ValueError as err:
+        raise CheckpointError(f"{name} has damaged metadata ({err})") from None
     expected = model.state_dict()
+    # Checkpoints saved before PyTorch 0.4.1 (torchvision's first ResNet files among them) have no BN batch
+    # counters; evaluation never reads them, and fine-tuning restarts them as a fresh model would.
+    state = {**{k: v for k, v in expected.items() if k.endswith(".num_batches_tracked")}, **state}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)

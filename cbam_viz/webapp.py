@@ -796,6 +796,8 @@ def model_info_markdown(loaded: LoadedModel, max_classes: int = 60) -> str:
         f"- **input**: {meta.input_size}×{meta.input_size} px, mean {_floats(meta.mean)}, std {_floats(meta.std)}",
         f"- **classes** ({len(names)}): {shown}",
     ]
+    if meta.cbam is not None:
+        lines.append(f"- **CBAM blocks**: {meta.cbam.describe()}")
     lines.append(f"- **familiarity**: {familiarity_summary(loaded)}")
     tables = (("dataset", meta.dataset), ("training recipe", meta.recipe), ("validation metrics", meta.metrics))
     for title, table in tables:
