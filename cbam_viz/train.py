@@ -1,4 +1,5 @@
-"""`train`: train ResNet50 or CBAM-ResNet50 on stamp scenes, from scratch or from a checkpoint, resumably.
+"""`train`: train a ResNet (18/34/50/101) or its CBAM version on stamp scenes, from scratch or from a checkpoint,
+resumably.
 
 One recipe for both architectures (the defaults are the published recipe):
 
@@ -40,7 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -49,6 +50,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cbam_viz import dataset as ds
+from cbam_viz.cbam import ARRANGEMENTS, CHANNEL_POOLS, KERNEL_SIZES, SPATIAL_POOLS, CBAMConfig
 from cbam_viz.checkpoints import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -62,7 +64,7 @@ from cbam_viz.checkpoints import (
 from cbam_viz.cli import standalone
 from cbam_viz.errors import CbamVizError
 from cbam_viz.fileio import atomic_path, atomic_write_bytes
-from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model
+from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model, parse_arch
 
 # The published recipe.
 DEFAULT_IMAGES = 120_000
@@ -129,6 +131,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "values."
     )
     parser.add_argument("--arch", choices=ARCHS, help="architecture (required for a new run)")
+    cbam = parser.add_argument_group(
+        "CBAM options (-cbam architectures; the defaults are the paper's final design, the others its ablations)"
+    )
+    cbam.add_argument("--reduction", type=_positive_int, help="channel MLP reduction ratio r (default: 16)")
+    cbam.add_argument(
+        "--channel-pool", choices=tuple(CHANNEL_POOLS), help="descriptors of the channel gate (default: avg+max)"
+    )
+    cbam.add_argument(
+        "--spatial-pool", choices=SPATIAL_POOLS,
+        help="spatial descriptor: mean and max over channels, or a learned 1x1 convolution (default: avg+max)",
+    )  # fmt: skip
+    cbam.add_argument(
+        "--spatial-kernel", dest="kernel_size", type=int, choices=KERNEL_SIZES,
+        help="the spatial gate's convolution size (default: 7)",
+    )  # fmt: skip
+    cbam.add_argument(
+        "--arrangement", choices=ARRANGEMENTS,
+        help="channel then spatial gate, spatial then channel, both in parallel, or the channel gate only "
+        "(default: channel-spatial)",
+    )  # fmt: skip
     parser.add_argument("--data", type=Path, help="folder written by `data build --out` (default: data/stamps)")
     parser.add_argument("--out", type=Path, required=True, help="run folder (metrics, curves, checkpoints)")
     length = parser.add_mutually_exclusive_group()
@@ -153,9 +175,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--init", type=Path, metavar="CHECKPOINT",
-        help="start from this checkpoint's weights instead of random ones (same classes; its arch is the default "
-        "--arch): continues training across sessions, e.g. a new cosine cycle from the bundled weights; give it a "
-        "new --seed, or its scene stream starts with the scenes the checkpoint was trained on",
+        help="start from this checkpoint's weights instead of random ones (same classes; its arch and CBAM "
+        "options are the defaults): continues training across sessions, e.g. a new cosine cycle from the bundled "
+        "weights; give it a new --seed, or its scene stream starts with the scenes the checkpoint was trained on",
     )  # fmt: skip
     parser.add_argument(
         "--zero-init-residual", action=argparse.BooleanOptionalAction,
@@ -212,6 +234,7 @@ class Config:
     init: str  # checkpoint the weights start from ("" = random init)
     zero_init_residual: bool  # random init: each residual branch's last BN weight starts at 0 (else 1)
     target_scale: tuple[float, float]  # training scenes' target size range (fractions of the side)
+    cbam: CBAMConfig | None  # the CBAM blocks' options (None for a plain ResNet)
     workers: int
     device: str  # "cpu" or "cuda"
     precision: str  # "bf16", "fp16" or "fp32"
@@ -229,9 +252,17 @@ class Config:
         return self.steps * self.batch_size
 
 
-def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, world_size: int) -> Config:
-    """Explicit options > the resumed run's saved settings > defaults; explicit recipe changes on resume are errors."""
+def resolve_config(
+    args: argparse.Namespace,
+    saved: dict | None,
+    device: str,
+    world_size: int,
+    init_cbam: CBAMConfig | None = None,
+) -> Config:
+    """Explicit options > the resumed run's saved settings (or the --init checkpoint's CBAM options, `init_cbam`) >
+    defaults; explicit recipe changes on resume are errors."""
     saved = saved or {}
+    cbam_given = {f.name: getattr(args, f.name) for f in fields(CBAMConfig) if getattr(args, f.name, None) is not None}
     explicit = {
         "arch": args.arch,
         "batch_size": args.batch_size,
@@ -254,23 +285,26 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
         explicit["steps"] = math.ceil(args.images / batch) if batch > 0 else 0
 
     if saved:
-        # Runs saved before --init / --zero-init-residual / --target-scale existed started from random
-        # zero-init-residual weights and drew their targets at the default sizes.
-        saved = {"init": "", "zero_init_residual": True, "target_scale": ds.TARGET_SCALE, **saved}
+        # Runs saved before --init / --zero-init-residual / --target-scale / the CBAM options existed started from
+        # random zero-init-residual weights, drew their targets at the default sizes and had the paper's CBAM design.
+        default_cbam = CBAMConfig().to_dict() if parse_arch(saved["arch"])[1] else None
+        saved = {"init": "", "zero_init_residual": True, "target_scale": ds.TARGET_SCALE, "cbam": default_cbam, **saved}
         changed = [
             f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key] if saved[key] != '' else 'none'})"
             for key in RECIPE_KEYS
             if explicit.get(key) is not None and explicit[key] != saved[key]
         ]
+        changed += _cbam_changes(cbam_given, saved["cbam"], "the run")
         if changed:
             raise TrainError(
                 f"{Path(args.out) / LAST} was trained with other settings: {'; '.join(changed)}. Leave these options "
                 "out to continue it, or start a new run (another --out, or --no-resume to replace this one)"
             )
         values = {key: saved[key] for key in RECIPE_KEYS}
+        values["cbam"] = CBAMConfig.from_dict(saved["cbam"]) if saved["cbam"] is not None else None
     else:
         if explicit["arch"] is None:
-            raise TrainError("--arch (or --init) is required for a new run (resnet50 or resnet50-cbam)")
+            raise TrainError(f"--arch (or --init) is required for a new run ({', '.join(ARCHS)})")
         values = {
             "arch": explicit["arch"],
             "batch_size": batch,
@@ -286,6 +320,7 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
             "init": explicit["init"] or "",
             "zero_init_residual": explicit["zero_init_residual"] is not False,
             "target_scale": explicit["target_scale"] or ds.TARGET_SCALE,
+            "cbam": _new_cbam(explicit["arch"], cbam_given, init_cbam),
         }
         if explicit["init"] and explicit["zero_init_residual"] is not None:
             raise TrainError(
@@ -310,6 +345,34 @@ def resolve_config(args: argparse.Namespace, saved: dict | None, device: str, wo
     )
     _validate(cfg, world_size)
     return cfg
+
+
+def _cbam_changes(given: dict, have: dict | None, owner: str) -> list[str]:
+    """The given CBAM options that differ from `have` (a CBAMConfig as a dict, None without CBAM), as messages."""
+    flags = {"kernel_size": "spatial-kernel"}
+    return [
+        f"--{flags.get(key, key.replace('_', '-'))} {value} ({owner} has {have[key] if have else 'no CBAM blocks'})"
+        for key, value in given.items()
+        if have is None or value != have[key]
+    ]
+
+
+def _new_cbam(arch: str, given: dict, init_cbam: CBAMConfig | None) -> CBAMConfig | None:
+    """A new run's CBAM options: the given ones over the --init checkpoint's (which they must not change) or the
+    paper's; None for a plain ResNet, which refuses CBAM options."""
+    if not parse_arch(arch)[1]:
+        if given:
+            raise TrainError(f"{_cbam_changes(given, None, arch)[0]}: CBAM options need a -cbam --arch")
+        return None
+    if init_cbam is not None:
+        changed = _cbam_changes(given, init_cbam.to_dict(), "the --init checkpoint")
+        if changed:
+            raise TrainError(f"--init: {'; '.join(changed)}; leave these options out to keep its design")
+        return init_cbam
+    try:
+        return replace(CBAMConfig(), **given)
+    except ValueError as err:
+        raise TrainError(str(err)) from None
 
 
 def auto_precision(device: str) -> str:
@@ -688,7 +751,9 @@ def _train(
     if saved is None and getattr(args, "init", None):
         init = _load_init(Path(args.init), args.arch)
         args = argparse.Namespace(**{**vars(args), "arch": args.arch or init.meta.arch})
-    cfg = resolve_config(args, saved["config"] if saved else None, device.type, ctx.world)
+    cfg = resolve_config(
+        args, saved["config"] if saved else None, device.type, ctx.world, init.meta.cbam if init is not None else None
+    )
     if data is None:
         data = open_data(cfg.data)
     if init is not None and init.meta.class_names != list(data.class_names):
@@ -713,7 +778,7 @@ def _train(
 
     # Model, optimiser, schedule.
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, len(data.class_names), zero_init_residual=cfg.zero_init_residual)
+    model = build_model(cfg.arch, len(data.class_names), zero_init_residual=cfg.zero_init_residual, cbam=cfg.cbam)
     init_info = saved.get("init", {}) if saved else {}
     if init is not None:
         model.load_state_dict(init.model.state_dict())
@@ -852,6 +917,7 @@ def _train(
             recipe=recipe,
             metrics=metrics,
             dataset=dict(data.info),
+            cbam=cfg.cbam,
         )
 
     def eval_and_log(lr: float) -> dict:
