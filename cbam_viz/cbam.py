@@ -45,6 +45,8 @@ class CBAMConfig:
             problems.append(f"kernel_size {self.kernel_size!r} is not one of {', '.join(map(str, KERNEL_SIZES))}")
         if self.arrangement not in ARRANGEMENTS:
             problems.append(f"arrangement {self.arrangement!r} is not one of {', '.join(ARRANGEMENTS)}")
+        elif not self.has_spatial and (self.spatial_pool, self.kernel_size) != ("avg+max", 7):
+            problems.append("spatial_pool and kernel_size shape the spatial gate, which arrangement 'channel' lacks")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -75,7 +77,7 @@ class CBAMConfig:
             "parallel": f"{channel} ∥ {spatial}, applied together",
             "channel": f"{channel} only",
         }[self.arrangement]
-        return order + ("; the paper's final design" if self == CBAMConfig() else "; an ablation variant")
+        return order + ("; the paper's final design" if self == CBAMConfig() else "; a variant of the paper's design")
 
     def differences(self) -> str:
         """The options that differ from the paper's final design, e.g. "channel only, max pooling" ("" if none)."""

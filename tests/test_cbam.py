@@ -158,6 +158,7 @@ def test_variants_differ_from_each_other():
         ({"kernel_size": 5}, "kernel_size 5"),
         ({"arrangement": "spatial"}, "arrangement 'spatial'"),
         ({"reduction": 0}, "reduction must be a positive integer"),
+        ({"arrangement": "channel", "kernel_size": 3}, "which arrangement 'channel' lacks"),
     ],
 )
 def test_config_refuses_unknown_options(values, message):
@@ -171,7 +172,7 @@ def test_config_describes_itself():
     assert CBAMConfig().describe().endswith("the paper's final design") and CBAMConfig().differences() == ""
     variant = CBAMConfig(arrangement="channel", channel_pool="max")
     assert variant.differences() == "channel only, max pooling"
-    assert variant.describe() == "channel (max pooling, r=16) only; an ablation variant"
+    assert variant.describe() == "channel (max pooling, r=16) only; a variant of the paper's design"
     assert CBAMConfig.from_dict(variant.to_dict()) == variant
 
 

@@ -181,7 +181,7 @@ def test_variant_metadata_is_shown(tmp_path):
     assert loaded.meta.display_name == "CBAM-ResNet34 (channel only, max pooling)"
     info = model_info_markdown(loaded)
     assert "### CBAM-ResNet34 (channel only, max pooling)" in info
-    assert "- **CBAM blocks**: channel (max pooling, r=16) only; an ablation variant" in info
+    assert "- **CBAM blocks**: channel (max pooling, r=16) only; a variant of the paper's design" in info
 
 
 def test_checkpoints_without_cbam_metadata_get_the_design_their_weights_show(tmp_path):
