@@ -33,6 +33,7 @@ from gradio.utils import get_upload_folder  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
 
+from cbam_viz.allocator import return_freed_memory  # noqa: E402
 from cbam_viz.cam import LAYERS, METHODS  # noqa: E402
 from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, load_pair  # noqa: E402
 from cbam_viz.errors import CbamVizError  # noqa: E402
@@ -41,6 +42,7 @@ from cbam_viz.images import ImageError  # noqa: E402
 from cbam_viz.render import COLORMAPS  # noqa: E402
 from cbam_viz.webapp import (  # noqa: E402
     ATTENTION_CAPTION,
+    CACHE_MB,
     MAX_FIGURE_ROWS,
     SEND_A_FILE,
     SLOW_SECONDS,
@@ -549,6 +551,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=2, help="requests of one kind run at the same time")
     parser.add_argument("--slow-seconds", type=_positive, default=int(SLOW_SECONDS),
                         help=f"refuse a ScoreCAM request estimated to take longer (default {SLOW_SECONDS:.0f})")
+    parser.add_argument("--cache-mb", type=_positive, default=int(CACHE_MB),
+                        help=f"memory the caches of decoded images and analyses may hold (default {CACHE_MB:.0f})")
     parser.add_argument("--cache-seconds", type=_positive, default=CACHE_SECONDS,
                         help=f"delete uploads and served pictures this long after they were written "
                         f"(default {CACHE_SECONDS})")
@@ -573,7 +577,7 @@ def _positive(value: str) -> int:
     except ValueError:
         number = 0
     if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, at least 1, not {value[:80]!r}")
+        raise argparse.ArgumentTypeError(f"must be a whole number, at least 1, not {value[:80]!r}")
     return number
 
 
@@ -592,7 +596,7 @@ def load_studio(args: argparse.Namespace) -> Studio:
         if not torch.cuda.is_available():
             raise CbamVizError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
     models = load_pair(args.baseline, args.cbam, args.device)
-    return Studio(models, examples_dir=args.examples, slow_seconds=args.slow_seconds)
+    return Studio(models, examples_dir=args.examples, cache_mb=args.cache_mb, slow_seconds=args.slow_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -602,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
+    return_freed_memory()  # before any model or worker thread allocates
     try:
         studio = load_studio(args)
     except CbamVizError as err:

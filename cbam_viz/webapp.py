@@ -1,7 +1,8 @@
 """The web app's logic, free of any UI: a cached per-image analysis (`Studio`), rendering, scores and exports.
 
 Caching. An image is identified by a hash of its decoded pixels, so the same picture uploaded twice, picked
-from the examples or sent through the API is one entry. Three thread-safe LRU caches sit in front of the models:
+from the examples or sent through the API is one entry. Thread-safe LRU caches sit in front of the models, each
+bounded by the bytes its entries hold (`nbytes`), a fixed share of one settable total (`CACHE_MB`, --cache-mb):
 
 * uploads: file identity (path, size, mtime) -> decoded image and its pixel hash (no re-decoding per event);
 * base: pixel hash -> both models' forward pass (top-5, softmax, layer4 features, CBAM attention maps and the
@@ -56,6 +57,7 @@ from cbam_viz.cam import (
 )
 from cbam_viz.checkpoints import LoadedModel
 from cbam_viz.errors import CbamVizError
+from cbam_viz.familiarity import SCORE_NAMES
 from cbam_viz.figures import paper_figure
 from cbam_viz.fileio import atomic_write_bytes, is_within
 from cbam_viz.images import MAX_PIXELS, ImageError, load_image
@@ -78,6 +80,9 @@ SLOW_SECONDS = 60.0
 # until a run has measured the cost of one copy here, it is taken as this share of the fastest forward pass seen.
 SLOW_PASS_SHARE = 0.5
 FIGURE_STEM = "cbam_gradcam_figure"
+# The memory all of Studio's caches may hold (--cache-mb), and how it is shared between them.
+CACHE_MB = 256.0
+CACHE_SHARES = {"uploads": 0.3, "answers": 0.35, "heatmaps": 0.3, "masks": 0.05}
 
 ATTENTION_CAPTION = (
     "**Spatial attention** (top row): CBAM's map Ms of the chosen block in each stage, the weight (0 to 1) it gives "
@@ -88,11 +93,34 @@ ATTENTION_CAPTION = (
 )
 
 
-class LRU:
-    """A small thread-safe LRU cache; `get_or_compute` runs one computation per key at a time."""
+def nbytes(value: Any) -> int:
+    """Bytes of memory the arrays, tensors and images in `value` hold (through dataclasses, dicts and sequences):
+    what a cache entry costs. A tensor view counts its whole storage, which it keeps alive."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes if value.base is None else nbytes(value.base)
+    if isinstance(value, torch.Tensor):
+        return value.untyped_storage().nbytes()
+    if isinstance(value, Image.Image):
+        return value.width * value.height * len(value.getbands()) * (4 if value.mode in ("I", "F") else 1)
+    if isinstance(value, dict):
+        return sum(nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(nbytes(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(nbytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return 0
 
-    def __init__(self, size: int, weigh: Callable[[Any], float] | None = None, budget: float | None = None) -> None:
-        self.size = max(1, int(size))
+
+class LRU:
+    """A small thread-safe LRU cache; `get_or_compute` runs one computation per key at a time.
+
+    `size` bounds the entries, `budget` (with `weigh`, e.g. `nbytes`) their total weight: the oldest go first.
+    """
+
+    def __init__(
+        self, size: int | None = None, weigh: Callable[[Any], float] | None = None, budget: float | None = None
+    ) -> None:
+        self.size = math.inf if size is None else max(1, int(size))
         self.weigh, self.budget = weigh, budget  # optional: also evict while the total weight exceeds budget
         self._weight = 0.0
         self._data: OrderedDict[Hashable, Any] = OrderedDict()
@@ -102,6 +130,12 @@ class LRU:
     def __len__(self) -> int:
         with self._lock:
             return len(self._data)
+
+    @property
+    def weight(self) -> float:
+        """The total weight of the entries held (bytes, with `nbytes`)."""
+        with self._lock:
+            return self._weight
 
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
@@ -291,8 +325,7 @@ class Studio:
         *,
         examples_dir: str | Path | None = EXAMPLES_DIR,
         max_side: int = 1024,
-        image_cache: int = 16,
-        result_cache: int = 64,
+        cache_mb: float = CACHE_MB,
         slow_seconds: float = SLOW_SECONDS,
     ) -> None:
         missing = [key for key in MODEL_KEYS if key not in models]
@@ -306,15 +339,22 @@ class Studio:
         self.slow_pass_seconds: float | None = None  # one pass of a slow method, measured on its runs
         self._lock = threading.Lock()
         self._slow = threading.Lock()  # held by the one slow-method request that may run
-        # decoded uploads at full size: at most 16 of them and about 100 megapixels in all
-        self._files = LRU(16, weigh=lambda source: source.image.width * source.image.height, budget=100e6)
-        self._base = LRU(image_cache)
-        self._results = LRU(result_cache)
-        self._masks = LRU(16)
+        # every cache is bounded by bytes (nbytes of its entries), each getting its share of cache_mb
+        budget = {name: share * cache_mb * 2**20 for name, share in CACHE_SHARES.items()}
+        self._files = LRU(weigh=nbytes, budget=budget["uploads"])  # decoded uploads at full size
+        self._base = LRU(weigh=nbytes, budget=budget["answers"])  # each image's top-1 answer of both models
+        self._results = LRU(weigh=nbytes, budget=budget["heatmaps"])  # other targets, methods and layers
+        self._masks = LRU(weigh=nbytes, budget=budget["masks"])  # the examples' masks at the shown size
         self.examples: list[Path] = []
         self.example_masks: dict[str, Path] = {}
         if examples_dir is not None:
             self._load_examples(Path(examples_dir))
+
+    @property
+    def cache_bytes(self) -> dict[str, int]:
+        """The bytes each cache holds now (the keys of CACHE_SHARES)."""
+        caches = (self._files, self._base, self._results, self._masks)
+        return {name: int(cache.weight) for name, cache in zip(CACHE_SHARES, caches)}
 
     # ----------------------------------------------------------------------------------------------- inputs
     @property
@@ -428,7 +468,8 @@ class Studio:
         return Analysis(source, shown, results, target, method, layer)
 
     def _slow_passes(self, layer: str) -> list[int]:
-        return [getattr(loaded.model, layer)[-1].conv3.out_channels for loaded in self.models.values()]
+        blocks = [getattr(loaded.model, layer)[-1] for loaded in self.models.values()]
+        return [getattr(block, "bn3", block.bn2).num_features for block in blocks]  # Bottleneck or BasicBlock
 
     def slow_estimate(self, method: str, layer: str) -> tuple[int, float]:
         """(forward passes per model, estimated seconds for both models) of a slow method at `layer`: one pass per
@@ -867,7 +908,8 @@ def familiarity_summary(loaded: LoadedModel) -> str:
         return "not available (the checkpoint carries no familiarity statistics)"
     fit = f", fit on {fam.info['train_images']} training images" if "train_images" in fam.info else ""
     keep = fam.info.get("keep", 0.95)
-    return f"{fam.method} distance, threshold {fam.threshold:.4g}{fit} (keeps {keep:.0%} of validation images familiar)"
+    score = SCORE_NAMES.get(fam.method, fam.method)
+    return f"{fam.method} ({score}), threshold {fam.threshold:.4g}{fit} (keeps {keep:.0%} of validation images familiar)"
 
 
 def _floats(values: Sequence[float]) -> str:

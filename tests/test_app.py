@@ -464,6 +464,36 @@ def test_lru_runs_each_key_once_under_concurrency():
     assert "a" not in weighted and weighted.get("b") == "xxx"
 
 
+def test_nbytes_counts_what_a_cache_entry_holds(tiny_models):
+    import torch
+
+    from cbam_viz.webapp import nbytes
+
+    whole = torch.zeros(4, 8, dtype=torch.float32)
+    array = np.zeros((10, 10), np.float32)
+    entry = {"a": [array, array[:2]], "b": (whole[0], Image.new("RGB", (5, 4))), "c": "text", "d": 3}
+    assert nbytes(entry) == 400 + 400 + 128 + 60  # a view holds its whole base
+    result = compare(random_image(2, (40, 30)), tiny_models).results["cbam"]  # a dataclass of arrays and tensors
+    parts = nbytes(result.features) + result.heatmaps.nbytes + result.cams.nbytes + result.probs.nbytes
+    assert parts > 0 and nbytes(result) >= parts + nbytes(result.attention)
+
+
+def test_studio_caches_stay_within_their_byte_budget(tiny_models, tmp_path):
+    from cbam_viz.webapp import CACHE_SHARES
+
+    studio = Studio(tiny_models, examples_dir=None, cache_mb=1.5)
+    for seed in range(6):
+        path = tmp_path / f"{seed}.png"
+        random_image(seed, (80 + seed, 60)).save(path)
+        source = studio.open(path)  # through the uploads cache, as the app's files are
+        studio.analyse(source, "top1", "hirescam", "layer3")
+        used = studio.cache_bytes
+        for name, share in CACHE_SHARES.items():
+            assert used[name] <= share * 1.5 * 2**20, (name, used)
+    assert 2 <= len(studio._base) < 6 and 2 <= len(studio._results) < 12 and len(studio._files) >= 2
+    assert studio.analyse(source, "top1", "hirescam", "layer3").method == "hirescam"  # the newest stays cached
+
+
 def test_user_errors_escape_html_and_hide_unexpected_errors():
     import gradio as gr
 
