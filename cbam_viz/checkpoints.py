@@ -166,6 +166,7 @@ def _check_familiarity_tensors(method: str, tensors: dict[str, torch.Tensor], cl
     shapes = {
         "mahalanobis": {"whitening": (features, features), "means": (classes, features)},
         "knn": {"bank": (None, features)},
+        "knn+msp": {"bank": (None, features), "standardise": (2, 2)},
     }[method]
     missing = sorted(set(shapes) - set(tensors))
     if missing:

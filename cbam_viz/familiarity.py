@@ -8,6 +8,9 @@ on the pooled layer4 features the forward pass computes anyway, so scoring costs
 * ``knn`` (Sun et al., 2022): the distance from the L2-normalised feature to its k-th nearest neighbour among the
   normalised training features.
 * ``msp`` (Hendrycks & Gimpel, 2017): one minus the maximum softmax probability, the baseline every paper reports.
+* ``knn+msp``: the sum of the two scores, each standardised by its mean and spread on the validation split. The
+  kNN distance sees how unlike the training features an image is, MSP how unsure the classifier is: an image of
+  no known subject can be close in feature space yet without any confident class, or the other way round.
 
 Every score grows as an image looks less familiar. The threshold keeps 95% of the validation images familiar.
 The statistics of one detector live inside the checkpoint (safetensors tensors ``familiarity.*`` plus a JSON
@@ -22,11 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
-METHODS = ("mahalanobis", "knn", "msp")
-STORED_METHODS = ("mahalanobis", "knn")  # msp needs no statistics: it is measured, never stored
+METHODS = ("mahalanobis", "knn", "msp", "knn+msp")
+STORED_METHODS = ("mahalanobis", "knn", "knn+msp")  # msp needs no statistics: it is measured, never stored
 TENSOR_PREFIX = "familiarity."
+SCORE_NAMES = {  # what each method's score is, for people
+    "mahalanobis": "Mahalanobis distance",
+    "knn": "kNN distance",
+    "msp": "1 - max softmax",
+    "knn+msp": "kNN distance + (1 - max softmax), standardised",
+}
 KEEP = 0.95  # share of validation images that stay familiar at the threshold
-DEFAULT_K = 10
+DEFAULT_K = 20
 DEFAULT_TRAIN_IMAGES = 3200  # training images a detector is fit on
 FEATURE = "layer4 global average pool"
 
@@ -100,6 +109,10 @@ def detector_scores(
             raise ValueError("the msp score needs the softmax probabilities")
         p = torch.as_tensor(np.asarray(probs), dtype=torch.float32)
         return (1 - p.max(dim=1).values).numpy()
+    if method == "knn+msp":
+        scale = tensors["standardise"].double().numpy()  # rows: knn, msp; columns: mean, standard deviation
+        parts = (detector_scores("knn", tensors, pooled, k=k), detector_scores("msp", tensors, pooled, probs))
+        return sum((part - mean) / std for part, (mean, std) in zip(parts, scale)).astype(np.float32)
     raise ValueError(f"unknown familiarity method {method!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -118,8 +131,24 @@ def ledoit_wolf(centred: np.ndarray) -> np.ndarray:
     return cov
 
 
-def fit_tensors(method: str, pooled: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, torch.Tensor]:
-    """The statistics of `method` from training features (N, K) and their labels."""
+def fit_tensors(
+    method: str,
+    pooled: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    k: int = DEFAULT_K,
+) -> dict[str, torch.Tensor]:
+    """The statistics of `method` from training features (N, K) and their labels; `knn+msp` also needs the
+    validation split's pooled features and softmax (`val`), on which its two scores are standardised."""
+    if method == "knn+msp":
+        if val is None:
+            raise ValueError("knn+msp is standardised on the validation split: pass its features and softmax")
+        tensors = fit_tensors("knn", pooled, labels, num_classes)
+        val_pooled, val_probs = torch.from_numpy(val[0]), val[1]
+        parts = (detector_scores("knn", tensors, val_pooled, k=k), detector_scores("msp", tensors, val_pooled, val_probs))
+        scale = [[float(np.mean(part)), max(float(np.std(part)), 1e-6)] for part in parts]
+        return {**tensors, "standardise": torch.tensor(scale, dtype=torch.float32)}
     pooled = pooled.astype(np.float64)
     if method == "mahalanobis":
         present = np.unique(labels)

@@ -48,7 +48,7 @@ from cbam_viz.fileio import atomic_write_bytes
 from cbam_viz.models import forward_features
 from cbam_viz.rcc import read_rcc
 
-DEFAULT_METHOD = "knn"
+DEFAULT_METHOD = "knn+msp"
 FIT_SEED = 1  # scene stream of the fit's training scenes (any seed draws from the training distribution)
 
 # The unfamiliar set (b): which photos of which Debian package, with their subjects, credits and sha256.
@@ -151,7 +151,7 @@ def fit_detectors(
         pooled, _ = train[key]
         fitted[key] = {}
         for method in methods:
-            tensors = fit_tensors(method, pooled, np.asarray(labels), loaded.meta.num_classes)
+            tensors = fit_tensors(method, pooled, np.asarray(labels), loaded.meta.num_classes, val_features[key], k)
             scores = detector_scores(method, tensors, torch.from_numpy(val_features[key][0]), val_features[key][1], k)
             fitted[key][method] = Familiarity(method, threshold_at(scores), tensors, dict(info))
     return fitted, info
@@ -270,12 +270,12 @@ def _example_scenes() -> list[Path]:
 def format_eval(report: dict[str, Any]) -> str:
     """One line per model and detector: AUROC and FPR95 on each unfamiliar set, and the bundled examples kept."""
     counts = report["counts"]
-    header = (f"{'model':16s}{'detector':14s}{'unknown-subject scenes':>26s}{'real photos':>24s}"
+    header = (f"{'model':16s}{'detector':18s}{'unknown-subject scenes':>26s}{'real photos':>24s}"
               f"{'examples familiar':>20s}")
     lines = [
         f"familiar: {counts['test']} test scenes; unfamiliar: (a) {counts['unknown_scenes']} unknown-subject "
         f"scenes, (b) {counts['photos']} real photos; thresholds keep {KEEP:.0%} of the val split familiar",
-        header, f"{'':30s}{'AUROC':>12s}{'FPR95':>12s}{'AUROC':>12s}{'FPR95':>12s}", "-" * len(header),
+        header, f"{'':34s}{'AUROC':>12s}{'FPR95':>12s}{'AUROC':>12s}{'FPR95':>12s}", "-" * len(header),
     ]
     for entry in report["models"].values():
         stored = (entry["stored"] or {}).get("method")
@@ -284,7 +284,7 @@ def format_eval(report: dict[str, Any]) -> str:
             kept = row["examples_familiar"]
             mark = " (stored)" if method == stored else ""
             lines.append(
-                f"{entry['model']:16s}{method + mark:14s}{a['auroc']:12.3f}{100 * a['fpr95']:11.1f}%"
+                f"{entry['model']:16s}{method + mark:18s}{a['auroc']:12.3f}{100 * a['fpr95']:11.1f}%"
                 f"{b['auroc']:12.3f}{100 * b['fpr95']:11.1f}%{f'{sum(kept)}/{len(kept)}':>20s}"
             )
     return "\n".join(lines)

@@ -85,6 +85,24 @@ def test_detectors_separate_far_points(method):
     assert auroc(detector_scores(method, tensors, near), detector_scores(method, tensors, far)) > 0.99
 
 
+def test_knn_plus_msp_is_the_sum_of_the_two_scores_standardised_on_validation():
+    x, labels, centres = clusters()
+    val = (centres[labels[:40]] + RNG.normal(0, 0.5, (40, x.shape[1]))).astype(np.float32)
+    val_probs = RNG.dirichlet(np.ones(3), 40)
+    with pytest.raises(ValueError, match="validation split"):
+        fit_tensors("knn+msp", x, labels, 3)
+    tensors = fit_tensors("knn+msp", x, labels, 3, val=(val, val_probs), k=5)
+    knn_val = detector_scores("knn", tensors, torch.from_numpy(val), k=5)
+    msp_val = 1 - val_probs.max(1)
+    query, query_probs = RNG.normal(0, 3, (7, x.shape[1])).astype(np.float32), RNG.dirichlet(np.ones(3), 7)
+    knn_q = detector_scores("knn", tensors, torch.from_numpy(query), k=5)
+    expected = (knn_q - knn_val.mean()) / knn_val.std() + (1 - query_probs.max(1) - msp_val.mean()) / msp_val.std()
+    got = detector_scores("knn+msp", tensors, torch.from_numpy(query), query_probs, k=5)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    on_val = detector_scores("knn+msp", tensors, torch.from_numpy(val), val_probs, k=5)
+    assert abs(on_val.mean()) < 1e-4  # both parts have mean 0 on the split they were standardised on
+
+
 def test_threshold_keeps_95_percent_and_the_measures_by_hand():
     scores = np.arange(1, 101, dtype=float)  # 100 validation images
     threshold = threshold_at(scores)
@@ -121,15 +139,19 @@ def test_fit_command_stores_a_detector_that_flags_odd_images(data_dir, tmp_path,
     path = make_checkpoint(tmp_path / "c.safetensors", "resnet50-cbam", 3, class_names=ds.AssetPack.load(
         data_dir).class_names)
     before = load_file(str(path))
-    code = cli_main(["familiarity", "fit", "--data", str(data_dir), "--checkpoint", str(path), "--images", "60",
-                     "--batch-size", "16", "--k", "3"])
-    assert code == 0, capsys.readouterr().err
+    fit = ["familiarity", "fit", "--data", str(data_dir), "--checkpoint", str(path), "--images", "60",
+           "--batch-size", "16", "--k", "3"]
+    assert cli_main(fit) == 0, capsys.readouterr().err  # the default method: knn+msp
+    fam = load_checkpoint(path).familiarity
+    assert fam is not None and fam.method == "knn+msp" and fam.tensors["standardise"].shape == (2, 2)
+    # a random-weight model's softmax means nothing, so the separation below is measured on knn alone
+    assert cli_main([*fit, "--method", "knn"]) == 0, capsys.readouterr().err
     after = load_file(str(path))
     assert all(torch.equal(before[k], after[k]) for k in before)  # the model's tensors are kept exactly
     loaded = load_checkpoint(path)
     fam = loaded.familiarity
     assert fam is not None and fam.method == "knn" and fam.info["train_images"] == 60 and fam.info["k"] == 3
-    assert fam.tensors["bank"].shape == (60, 2048)
+    assert fam.tensors["bank"].shape == (60, 2048) and "standardise" not in fam.tensors
     val = ds.MaterializedSplit(data_dir, "val")
     val_scores = fam.scores(*map(torch.from_numpy, extract({"m": loaded}, [val[i].image for i in range(len(val))],
                                                              len(val))["m"]))
@@ -212,7 +234,7 @@ def test_banner_and_json_name_the_unfamiliar_models(familiar_pair):
     banner = familiarity_banner(odd)
     assert "ResNet50 and CBAM-ResNet50" in banner and f"the {len(CLASS_NAMES)} classes" in banner
     assert all(m["familiarity"]["unfamiliar"] for m in scores_json(odd)["models"].values())
-    assert "knn distance, threshold" in model_info_markdown(familiar_pair["cbam"])
+    assert "knn (kNN distance), threshold" in model_info_markdown(familiar_pair["cbam"])
 
 
 def test_knowledge_panel_names_the_training_data(tiny_models):
