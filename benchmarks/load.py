@@ -465,18 +465,25 @@ def run_concurrent(url: str, batches: Sequence[Sequence[Job]], expected: dict[in
                 problems.extend(found)
 
     threads = [threading.Thread(target=user, args=(c, jobs), daemon=True) for c, jobs in zip(clients, batches)]
+    wall = run_together(threads, start, timeout, problems)
+    for client in clients:
+        client.close()
+    return LoadResult(sum(map(len, batches)), problems, latencies, wall)
+
+
+def run_together(threads: list[threading.Thread], start: threading.Barrier, timeout: float,
+                 problems: list[str]) -> float:
+    """Start the client threads, release them at once through `start`, wait up to `timeout` seconds for them all;
+    a stall is added to `problems`. Returns the wall time."""
     for thread in threads:
         thread.start()
     start.wait()
     began = time.perf_counter()
     for thread in threads:
         thread.join(max(1.0, timeout - (time.perf_counter() - began)))
-    wall = time.perf_counter() - began
     if any(thread.is_alive() for thread in threads):
         problems.append(f"deadlock or stall: requests still running after {timeout:.0f} s")
-    for client in clients:
-        client.close()
-    return LoadResult(sum(map(len, batches)), problems, latencies, wall)
+    return time.perf_counter() - began
 
 
 @dataclass
@@ -559,14 +566,7 @@ def run_identical(url: str, path: str | os.PathLike, clients: int, requests: int
         client.close()
 
     threads = [threading.Thread(target=user, args=(n,), daemon=True) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    for thread in threads:
-        thread.join(max(1.0, timeout - (time.perf_counter() - began)))
-    if any(thread.is_alive() for thread in threads):
-        problems.append(f"deadlock or stall: requests still running after {timeout:.0f} s")
+    run_together(threads, start, timeout, problems)
     return IdenticalResult(clients * requests, counts.pop("fetches"), **counts, problems=problems,
                            latencies=latencies)
 
