@@ -263,7 +263,7 @@ def start_app(
 # ---------------------------------------------------------------------------------------------- requests
 MIX = (  # (share out of 10, controls): most requests are the default, some need a grad-cam pass
     ({}, 6),
-    ({"target": "blue bar"}, 2),
+    ({"target": "2"}, 2),  # class index 2, whatever the checkpoints
     ({"method": "hirescam"}, 1),
     ({"method": "gradcam", "layer": "layer3"}, 1),
 )
