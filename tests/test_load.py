@@ -110,9 +110,11 @@ def test_soak_keeps_memory_hooks_and_files_flat(running, jobs):
     # the cache on disk is bounded: nothing outlives its age by more than a pruning round (plus a busy machine's
     # slack), and the files left are a few seconds' worth, not the whole run's
     frequency, age = app.cache_schedule(CACHE_SECONDS)
-    assert 0 < max(result.oldest) <= age + frequency + 6, result.summary()
-    written = 3 * SOAK  # each request: its upload and two overlays
-    assert result.end["cache_files"] < written / 2, result.summary()
+    window = age + frequency + 6
+    assert 0 < max(result.oldest) <= window, result.summary()
+    # each request writes its upload and two overlays; at most the last `window` seconds' worth may remain
+    per_second = 3 * SOAK / sum(result.latencies)
+    assert result.end["cache_files"] <= min(3 * SOAK, per_second * window) + 5, result.summary()
 
 
 def test_a_full_queue_answers_clearly_and_the_server_recovers(tiny_models, tmp_path):
