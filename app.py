@@ -233,8 +233,8 @@ class StudioBlocks(gr.Blocks):
                     files.discard(path)
                 except OSError:
                     pass
-        # the pictures served in updates belong to per-session copies of their components, which Gradio does not
-        # list: every file of the overlays folder is one of this app's, and old ones go by age
+        # the pictures served in updates belong to the copies of their components that Gradio keeps per visitor,
+        # which it does not list: every file of the overlays folder is one of this app's, and old ones go by age
         delete_old_files(Path(get_upload_folder()) / OVERLAYS, age)
         prune_empty_folders(get_upload_folder(), age)
 

@@ -28,12 +28,17 @@ DISPLAY_NAMES = {f"resnet{depth}": f"ResNet{depth}" for depth in DEPTHS} | {
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
+def branch_channels(block: BasicBlock | Bottleneck) -> int:
+    """Channels of a block's residual branch output: what its CBAM gates reweight and a CAM of its stage weighs."""
+    return (block.bn3 if isinstance(block, Bottleneck) else block.bn2).num_features
+
+
 class CBAMBasicBlock(BasicBlock):
     """torchvision's BasicBlock with CBAM applied to the residual branch before the add."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.cbam = CBAM(self.bn2.num_features)  # replaced by build_model with the requested config and name
+        self.cbam = CBAM(branch_channels(self))  # replaced by build_model with the requested config and name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -47,7 +52,7 @@ class CBAMBottleneck(Bottleneck):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.cbam = CBAM(self.conv3.out_channels)  # replaced by build_model with the requested config and name
+        self.cbam = CBAM(branch_channels(self))  # replaced by build_model with the requested config and name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -85,7 +90,7 @@ def build_model(
     model = ResNet(block, list(layers), num_classes=num_classes, zero_init_residual=zero_init_residual)
     for name, module in list(model.named_modules()):
         if isinstance(module, (CBAMBasicBlock, CBAMBottleneck)):
-            module.cbam = CBAM(module.cbam.channel.mlp[0].in_features, cbam, name=name)
+            module.cbam = CBAM(branch_channels(module), cbam, name=name)
             if module.cbam.spatial is not None:
                 nn.init.zeros_(module.cbam.spatial.bn.weight)
     return model

@@ -23,7 +23,7 @@ seconds, after each evaluation, on SIGINT/SIGTERM and at the end; a rerun with t
 exactly (same data order, same LR schedule). Options left out on a rerun take the values saved in last.pt.
 
 `--init CHECKPOINT` starts a new run from a checkpoint's weights (same classes) instead of random ones: how
-training continues across sessions whose run folders do not survive (a new warmup + cosine cycle, a warm
+training continues when an earlier run folder is gone (a new warmup + cosine cycle, a warm
 restart; give it a --seed the chain has not used, or the scene stream repeats the earlier cycle's scenes); the
 recipe records where it started and `images_total` counts the images of the whole chain.
 """
@@ -176,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init", type=Path, metavar="CHECKPOINT",
         help="start from this checkpoint's weights instead of random ones (same classes; its arch and CBAM "
-        "options are the defaults): continues training across sessions, e.g. a new cosine cycle from the bundled "
+        "options are the defaults): continues an earlier run's training, e.g. a new cosine cycle from the bundled "
         "weights; give it a new --seed, or its scene stream starts with the scenes the checkpoint was trained on",
     )  # fmt: skip
     parser.add_argument(

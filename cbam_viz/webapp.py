@@ -62,6 +62,7 @@ from cbam_viz.figures import paper_figure
 from cbam_viz.fileio import atomic_write_bytes, is_within
 from cbam_viz.images import MAX_PIXELS, ImageError, load_image
 from cbam_viz.metrics import agreement, box_mask, energy_in_mask, peak, pointing_hit
+from cbam_viz.models import branch_channels
 from cbam_viz.render import COLORMAPS, overlay
 
 TOP1 = "top1"
@@ -97,7 +98,7 @@ def nbytes(value: Any) -> int:
     """Bytes of memory the arrays, tensors and images in `value` hold (through dataclasses, dicts and sequences):
     what a cache entry costs. A tensor view counts its whole storage, which it keeps alive."""
     if isinstance(value, np.ndarray):
-        return value.nbytes if value.base is None else nbytes(value.base)
+        return max(value.nbytes, nbytes(value.base))  # a view keeps its whole base alive
     if isinstance(value, torch.Tensor):
         return value.untyped_storage().nbytes()
     if isinstance(value, Image.Image):
@@ -468,8 +469,7 @@ class Studio:
         return Analysis(source, shown, results, target, method, layer)
 
     def _slow_passes(self, layer: str) -> list[int]:
-        blocks = [getattr(loaded.model, layer)[-1] for loaded in self.models.values()]
-        return [getattr(block, "bn3", block.bn2).num_features for block in blocks]  # Bottleneck or BasicBlock
+        return [branch_channels(getattr(loaded.model, layer)[-1]) for loaded in self.models.values()]
 
     def slow_estimate(self, method: str, layer: str) -> tuple[int, float]:
         """(forward passes per model, estimated seconds for both models) of a slow method at `layer`: one pass per

@@ -473,6 +473,7 @@ def test_nbytes_counts_what_a_cache_entry_holds(tiny_models):
     array = np.zeros((10, 10), np.float32)
     entry = {"a": [array, array[:2]], "b": (whole[0], Image.new("RGB", (5, 4))), "c": "text", "d": 3}
     assert nbytes(entry) == 400 + 400 + 128 + 60  # a view holds its whole base
+    assert nbytes(np.frombuffer(bytes(64), np.uint8)) == 64  # an array over a buffer that is not an array
     result = compare(random_image(2, (40, 30)), tiny_models).results["cbam"]  # a dataclass of arrays and tensors
     parts = nbytes(result.features) + result.heatmaps.nbytes + result.cams.nbytes + result.probs.nbytes
     assert parts > 0 and nbytes(result) >= parts + nbytes(result.attention)

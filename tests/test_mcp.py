@@ -35,7 +35,7 @@ def data_url(path: Path) -> str:
 
 
 async def session_calls(url: str, calls: list[tuple[str, dict[str, Any]]]) -> tuple[list, list]:
-    """List the server's tools, then make each (tool, arguments) call in one MCP session; (tools, results)."""
+    """List the server's tools, then make each (tool, arguments) call over one MCP connection; (tools, results)."""
 
     async def progress(_done: float, _total: float | None, _message: str | None) -> None:
         """A progress callback: with one, Gradio returns each output of a multi-output tool as its own item."""
