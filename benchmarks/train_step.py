@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py [--size 160] [--batch 32] [--threads 2] [--rounds 5]
 
-One SGD step as `train` takes it (channels_last, the autocast dtype `train` picks on this machine, label-smoothed
+One SGD step as `train` takes it (channels_last, the autocast dtype `train` picks for the CPU, label-smoothed
 cross-entropy, Nesterov SGD) on random images. Compiling happens first and is timed apart; then the four variants
 run round-robin, one step each per round, and the median over rounds of each img/s and of compiled / eager is
 printed (the spread across rounds beside it).

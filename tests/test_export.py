@@ -305,7 +305,7 @@ def test_cuda_request_without_a_gpu_is_a_clear_error(tmp_path, tiny_checkpoints,
     import torch
 
     if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+        pytest.skip("a CUDA device is available")
     make_images(tmp_path / "in", ["a.jpg"])
     assert run_export(tmp_path / "in", "--out", tmp_path / "out", "--device", "cuda", *weights(tiny_checkpoints)) == 2
     assert "no usable CUDA GPU" in capsys.readouterr().err
