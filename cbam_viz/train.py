@@ -9,8 +9,9 @@ One recipe for both architectures (the defaults are the published recipe):
   weight at 1, as the official CBAM code does); ImageNet mean/std.
 * Data: every training scene is a fresh composite drawn deterministically from (seed, "train", index): that is the
   whole augmentation. Photo folders: item `index` is a random-resized crop and flip (plus `--augment`) of one
-  training image, in a per-epoch order, all drawn from (seed, index) alone (`cbam_viz.data.imagefolder`). Step `s` consumes the global indices [s*B, (s+1)*B) of the stream, B the global batch;
-  with W processes rank r takes the r-th contiguous B/W slice of them, so the image stream does not depend on W.
+  training image, in a per-epoch order, all drawn from (seed, index) alone (`cbam_viz.data.imagefolder`).
+  Step `s` consumes the global indices [s*B, (s+1)*B) of the stream, B the global batch; with W processes rank r
+  takes the r-th contiguous B/W slice of them, so the image stream does not depend on W.
 * channels_last and bf16 autocast where the hardware has bf16 (CUDA; CPUs with AVX512-BF16/AMX), else fp16 +
   GradScaler (older GPUs) or fp32 (AVX2-only CPUs, where bf16 convolutions are many times slower than fp32).
 
@@ -299,13 +300,12 @@ def resolve_config(
         explicit["steps"] = math.ceil(args.images / batch) if batch > 0 else 0
 
     if saved:
-        # Runs saved before --init / --zero-init-residual / --target-scale / the CBAM options existed started from
-        # random zero-init-residual weights, drew their targets at the default sizes and had the paper's CBAM design.
+        # Runs saved before --init / --zero-init-residual / --target-scale / the CBAM options / --augment existed
+        # started from random zero-init-residual weights, drew their targets at the default sizes, had the paper's
+        # CBAM design and trained on stamp scenes (no --augment).
         default_cbam = CBAMConfig().to_dict() if parse_arch(saved["arch"])[1] else None
-        saved = {
-            "init": "", "zero_init_residual": True, "target_scale": TARGET_SCALE, "cbam": default_cbam, "augment": "none",
-            **saved,
-        }  # fmt: skip
+        saved = {"init": "", "zero_init_residual": True, "target_scale": TARGET_SCALE, "cbam": default_cbam,
+                 "augment": "none", **saved}  # fmt: skip
         changed = [
             f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key] if saved[key] != '' else 'none'})"
             for key in RECIPE_KEYS
@@ -714,6 +714,9 @@ def _train(
     )
     if data is None:
         data = open_data(cfg.data, cfg.augment)
+    if getattr(args, "target_scale", None) and "pack_hash" not in data.info:
+        raise TrainError(f"--target-scale sizes the targets of stamp scenes; {cfg.data} holds photos")
+    curves_title = f"{DISPLAY_NAMES[cfg.arch]} on {data.info.get('name', 'stamp scenes')}, {cfg.size} px"
     if init is not None and init.meta.class_names != list(data.class_names):
         raise TrainError(
             f"--init {Path(cfg.init).name} was trained on {init.meta.num_classes} classes "
@@ -907,7 +910,7 @@ def _train(
                 best.update(val_top1=top1, images=row["images"])
                 save_checkpoint(out / BEST, model, meta(row), dtype=torch.float16)
             write_metrics_csv(out / METRICS_CSV, history)
-            write_curves(out / CURVES_PNG, history, f"{DISPLAY_NAMES[cfg.arch]} on {data.info.get('name', 'stamp scenes')}, {cfg.size} px")
+            write_curves(out / CURVES_PNG, history, curves_title)
             bar.write(
                 f"[{row['images']:,} images] loss {row['train_loss']:.3f}  train-batch {row['train_acc']:.1f}%  "
                 f"val top-1 {top1:.1f}%  top-5 {top5:.1f}%  {row['img_per_s']:.1f} img/s  "
@@ -1029,7 +1032,7 @@ def _train(
             if not (out / METRICS_CSV).is_file():
                 write_metrics_csv(out / METRICS_CSV, history)
             if not (out / CURVES_PNG).is_file():
-                write_curves(out / CURVES_PNG, history, f"{DISPLAY_NAMES[cfg.arch]} on {data.info.get('name', 'stamp scenes')}, {cfg.size} px")
+                write_curves(out / CURVES_PNG, history, curves_title)
             print(
                 f"done: {row['images']:,} images, val top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% "
                 f"(best top-1 {best['val_top1']:.2f}%); wrote {out / FINAL} and {out / BEST}",

@@ -169,7 +169,8 @@ def write_flat_val(root: Path) -> dict[str, tuple[str, list[tuple[int, int, int,
 
 def test_imagenet_flat_val_labels_boxes_and_mapping_names(tmp_path):
     truth = write_flat_val(tmp_path)
-    (tmp_path / "LOC_synset_mapping.txt").write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    mapping = "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n"
+    (tmp_path / "LOC_synset_mapping.txt").write_text(mapping)
     train = photos.open_split(tmp_path, "train")
     val = photos.open_split(tmp_path, "val", train.classes)
     assert val.layout == "imagenet-flat" and train.class_names == val.class_names == ["tench", "goldfish"]
@@ -179,8 +180,8 @@ def test_imagenet_flat_val_labels_boxes_and_mapping_names(tmp_path):
         assert train.classes[sample.label] == synset
         assert sample.boxes == tuple(tuple(float(v) for v in box) for box in boxes)
     data = open_data(tmp_path)
-    assert data.class_names == ["tench", "goldfish"] and data.info["layout"] == {"train": "imagefolder",
-                                                                                 "val": "imagenet-flat"}
+    assert data.class_names == ["tench", "goldfish"] and data.info["class_ids"] == ["n01440764", "n01443537"]
+    assert data.info["layout"] == {"train": "imagefolder", "val": "imagenet-flat"}
     images, labels = data.val_split(SIZE, 0, 1)
     assert images.shape == (3, 3, SIZE, SIZE) and labels.tolist() == [0, 1, 0]
     # words.txt (tab-separated) works the same; the ids stay the class ids
@@ -255,6 +256,7 @@ def test_training_on_a_photo_folder_writes_loadable_checkpoints(photo_root, tmp_
     assert meta.arch == "resnet50-cbam" and meta.class_names == ["Zebra", "ant", "bee-2"] and meta.input_size == SIZE
     assert meta.dataset["name"] == "image folder" and meta.dataset["train_images"] == 11
     assert meta.dataset["val_preprocess"] == "center" and len(meta.dataset["files_hash"]) == 64
+    assert "class_ids" not in meta.dataset  # the names are the ids
     assert meta.recipe["augment"] == "none" and "RandomResizedCrop" in meta.recipe["augmentation"]
     logits = loaded.model(torch.zeros(1, 3, SIZE, SIZE))
     assert logits.shape == (1, 3)
@@ -276,3 +278,14 @@ def test_resume_on_a_photo_folder_is_exact(photo_root, tmp_path):
     assert load_checkpoint(out / tr.FINAL).meta.recipe["augment"] == "trivialaugment"
     with pytest.raises(CbamVizError, match=r"--augment randaugment \(the run has trivialaugment\)"):
         tr.train(parse(argv(photo_root, out, "--augment", "randaugment")))
+
+
+@pytest.mark.filterwarnings("ignore::cbam_viz.data.imagefolder.UnreadableImageWarning")
+def test_photo_only_and_scene_only_options_are_refused_elsewhere(photo_root, tmp_path):
+    (tmp_path / "scenes" / "pack").mkdir(parents=True)
+    (tmp_path / "scenes" / "val").mkdir()
+    with pytest.raises(DataError, match="--augment randaugment is for photo folders"):
+        open_data(tmp_path / "scenes", "randaugment")
+    with pytest.raises(CbamVizError, match="--target-scale sizes the targets of stamp scenes"):
+        tr.train(parse(argv(photo_root, tmp_path / "run", "--arch", "resnet50", "--target-scale", "0.1", "0.3")))
+    assert not (tmp_path / "run").exists()

@@ -141,12 +141,13 @@ def open_photos(root: Path, augment: str = "none") -> DataSource:
         "root": str(root),
         "layout": {"train": train.layout, "val": val.layout},
         "classes": len(train.classes),
-        "class_ids": list(train.classes),
         "train_images": len(train),
         "val_images": len(val),
         "val_preprocess": "center",
         "files_hash": files_hash(train, val),
     }
+    if train.class_names != train.classes:  # readable names: keep the ids (synsets) that label files
+        info["class_ids"] = list(train.classes)
     return DataSource(list(train.class_names), info, train_dataset, val_split, augmentation_text(augment))
 
 
