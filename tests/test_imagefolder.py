@@ -111,6 +111,7 @@ def test_cmyk_jpeg_decodes_as_rgb(photo_root):
     assert red > 200 and green < 50 and blue < 50
 
 
+@pytest.mark.filterwarnings("ignore::cbam_viz.data.imagefolder.UnreadableImageWarning")
 def test_training_items_depend_on_seed_and_index_alone(photo_root):
     split = photos.open_split(photo_root, "train")
     stream = photos.PhotoTrainStream(split, SIZE, length=30, seed=3, augment="trivialaugment")
@@ -228,6 +229,10 @@ def test_a_class_without_a_readable_image_is_an_error(tmp_path):
     with pytest.warns(photos.UnreadableImageWarning), pytest.raises(photos.PhotoFolderError,
                                                                      match="class 'Zebra' .* has no readable image"):
         open_data(tmp_path)
+    (tmp_path / "train" / "fly").mkdir()  # no image at all: torchvision's own check, as a clear error
+    with pytest.raises(photos.PhotoFolderError, match="Found no valid file for the classes fly"):
+        open_data(tmp_path)
+    (tmp_path / "train" / "fly").rmdir()
     (tmp_path / "val" / "wasp").mkdir()
     with pytest.raises(photos.PhotoFolderError, match="class folders that train/ lacks: wasp"):
         photos.open_split(tmp_path, "val", photos.open_split(tmp_path, "train").classes)

@@ -155,10 +155,14 @@ def _is_image(path: Path) -> bool:
 
 
 def _folder_samples(folder: Path, classes: list[str] | None) -> tuple[list[PhotoSample], list[str]]:
-    """ImageFolder samples (torchvision's order) and the class ids they index."""
-    own, _ = find_classes(folder)
-    if classes is None:
-        classes = own
+    """ImageFolder samples (torchvision's order) and the class ids they index: the folder's own classes, each with
+    an image, or the given ones (another split's), of which some may have no folder here."""
+    try:
+        own, _ = find_classes(folder)
+    except FileNotFoundError as err:  # torchvision: no class folder at all
+        raise PhotoFolderError(f"{folder}: {err}") from None
+    follows_other_split = classes is not None
+    classes = classes if follows_other_split else own
     extra = sorted(set(own) - set(classes))
     if extra:
         raise PhotoFolderError(
@@ -166,7 +170,7 @@ def _folder_samples(folder: Path, classes: list[str] | None) -> tuple[list[Photo
         )
     try:
         found = make_dataset(folder, {c: k for k, c in enumerate(classes)}, IMG_EXTENSIONS,
-                             allow_empty=folder.name != "train")
+                             allow_empty=follows_other_split)
     except FileNotFoundError as err:  # torchvision: a class folder without images
         raise PhotoFolderError(f"{folder}: {err}") from None
     samples = [PhotoSample(path, Path(path).relative_to(folder).as_posix(), label) for path, label in found]
