@@ -85,6 +85,8 @@ class PhotoSplit:
         start = members.index(i)
         for k in range(len(members)):
             j = members[(start + k) % len(members)]
+            if self.samples[j].rel in self.unreadable:  # known bad here: not decoded again
+                continue
             try:
                 return self.load(j), j
             except ImageError as err:
