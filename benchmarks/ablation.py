@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cbam_viz.cbam import SpatialAttention  # noqa: E402
 from cbam_viz.checkpoints import load_checkpoint  # noqa: E402
-from cbam_viz.dataset import MaterializedSplit  # noqa: E402
+from cbam_viz.data.splits import MaterializedSplit  # noqa: E402
 from cbam_viz.evaluate import BINARY, evaluate, size_thirds  # noqa: E402
 from cbam_viz.models import STAGES  # noqa: E402
 from cbam_viz.paired import paired_differences  # noqa: E402

@@ -207,7 +207,7 @@ def format_familiarity(distribution: dict[str, dict | None], names: dict[str, st
 
 
 def run(args: argparse.Namespace) -> int:
-    from cbam_viz.dataset import MaterializedSplit
+    from cbam_viz.data.splits import MaterializedSplit
     from cbam_viz.figures import paper_figure
 
     if args.input_size is not None and args.input_size < 32:

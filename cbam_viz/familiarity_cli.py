@@ -109,7 +109,8 @@ def _batches(items: Iterable[Image.Image], size: int) -> Iterator[list[Image.Ima
 
 def training_scenes(data: Path, count: int, size: int) -> tuple[Iterator[Image.Image], list[int], dict[str, Any]]:
     """`count` training scenes of the pack under `data` at `size` px, their labels, and a description of them."""
-    from cbam_viz.dataset import AssetPack, SceneDataset
+    from cbam_viz.data.pack import AssetPack
+    from cbam_viz.data.scenes import SceneDataset
 
     scenes = SceneDataset(AssetPack.load(data), "train", size, count, seed=FIT_SEED)
     labels: list[int] = []  # filled while iterating: composing each scene twice would double the cost
@@ -126,7 +127,7 @@ def training_scenes(data: Path, count: int, size: int) -> tuple[Iterator[Image.I
 
 
 def validation_split(data: Path, split: str = "val"):
-    from cbam_viz.dataset import MaterializedSplit
+    from cbam_viz.data.splits import MaterializedSplit
 
     return MaterializedSplit(data, split)
 
@@ -177,7 +178,7 @@ def run_fit(args: argparse.Namespace) -> int:
 def debian_photos(cache: Path | None) -> list[Path]:
     """The real-photo set (b): the photos PHOTO_LIST names, read out of their Debian package's resource bundles
     (downloaded with apt-get once) into `cache`, each checked against its sha256."""
-    from cbam_viz.dataset import DEFAULT_CACHE, fetch_debian_assets
+    from cbam_viz.data.debian import DEFAULT_CACHE, fetch_debian_assets
 
     listing = json.loads(PHOTO_LIST.read_text(encoding="utf-8"))
     cache = Path(cache or DEFAULT_CACHE).expanduser()
@@ -216,7 +217,8 @@ def measure(familiar: np.ndarray, unfamiliar: np.ndarray, threshold: float | Non
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from cbam_viz.dataset import AssetPack, compose_unknown_scene
+    from cbam_viz.data.pack import AssetPack
+    from cbam_viz.data.scenes import compose_unknown_scene
     from cbam_viz.images import load_image
 
     started = time.perf_counter()

@@ -1,9 +1,12 @@
-"""Atomic file writes: a killed process leaves either the old file or the complete new one, never half of one."""
+"""Atomic file and folder writes: a killed process leaves either the old file (folder) or the complete new one,
+never half of one."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +31,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder beside `path`; on success it takes `path`'s place (an old `path` is removed), on
+    failure it is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()  # (not mkdtemp: its 0700 mode would stay on the finished folder)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.parent / f".{path.name}.{secrets.token_hex(4)}.old"
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

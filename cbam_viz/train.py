@@ -1,5 +1,5 @@
-"""`train`: train a ResNet (18/34/50/101) or its CBAM version on stamp scenes, from scratch or from a checkpoint,
-resumably.
+"""`train`: train a ResNet (18/34/50/101) or its CBAM version on stamp scenes or a photo folder (ImageFolder,
+ImageNet), from scratch or from a checkpoint, resumably.
 
 One recipe for both architectures (the defaults are the published recipe):
 
@@ -8,8 +8,10 @@ One recipe for both architectures (the defaults are the published recipe):
   label smoothing 0.1; `zero_init_residual=True` (`--no-zero-init-residual` starts each residual branch's last BN
   weight at 1, as the official CBAM code does); ImageNet mean/std.
 * Data: every training scene is a fresh composite drawn deterministically from (seed, "train", index): that is the
-  whole augmentation. Step `s` consumes the global indices [s*B, (s+1)*B) of the stream, B the global batch;
-  with W processes rank r takes the r-th contiguous B/W slice of them, so the image stream does not depend on W.
+  whole augmentation. Photo folders: item `index` is a random-resized crop and flip (plus `--augment`) of one
+  training image, in a per-epoch order, all drawn from (seed, index) alone (`cbam_viz.data.imagefolder`).
+  Step `s` consumes the global indices [s*B, (s+1)*B) of the stream, B the global batch; with W processes rank r
+  takes the r-th contiguous B/W slice of them, so the image stream does not depend on W.
 * channels_last and bf16 autocast where the hardware has bf16 (CUDA; CPUs with AVX512-BF16/AMX), else fp16 +
   GradScaler (older GPUs) or fp32 (AVX2-only CPUs, where bf16 convolutions are many times slower than fp32).
 
@@ -40,16 +42,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from cbam_viz import dataset as ds
 from cbam_viz.cbam import ARRANGEMENTS, CHANNEL_POOLS, KERNEL_SIZES, SPATIAL_POOLS, CBAMConfig
 from cbam_viz.checkpoints import (
     IMAGENET_MEAN,
@@ -62,6 +63,9 @@ from cbam_viz.checkpoints import (
     save_checkpoint,
 )
 from cbam_viz.cli import standalone
+from cbam_viz.data.scenes import TARGET_SCALE
+from cbam_viz.data.source import DataSource, open_data
+from cbam_viz.data.transforms import AUGMENTS
 from cbam_viz.errors import CbamVizError
 from cbam_viz.fileio import atomic_path, atomic_write_bytes
 from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model, parse_arch
@@ -93,7 +97,7 @@ METRIC_COLUMNS = (
 # Settings that define the trained model: a resumed run must keep them.
 RECIPE_KEYS = (
     "arch", "steps", "batch_size", "lr", "warmup", "weight_decay", "label_smoothing", "size", "seed", "init",
-    "zero_init_residual", "target_scale",
+    "zero_init_residual", "target_scale", "augment",
 )  # fmt: skip
 
 
@@ -151,7 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="channel then spatial gate, spatial then channel, both in parallel, or the channel gate only "
         "(default: channel-spatial)",
     )  # fmt: skip
-    parser.add_argument("--data", type=Path, help="folder written by `data build --out` (default: data/stamps)")
+    parser.add_argument(
+        "--data", type=Path,
+        help="a folder written by `data build --out` (stamp scenes), or a photo folder: train/ and val/ as ImageFolder "
+        "(one sub-folder per class), val/ also as ImageNet's flat validation folder with LOC_val_solution.csv "
+        "(default: data/stamps)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="run folder (metrics, curves, checkpoints)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_positive_int, help="total optimizer steps")
@@ -171,7 +180,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
         help="training scenes only: the target's longest side as a fraction of the image side, drawn uniformly "
-        f"(default: {ds.TARGET_SCALE[0]} {ds.TARGET_SCALE[1]}, as in the val and test splits)",
+        f"(default: {TARGET_SCALE[0]} {TARGET_SCALE[1]}, as in the val and test splits)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--augment", choices=AUGMENTS,
+        help="photo folders only: a policy applied after the random-resized crop and flip (default: none)",
     )  # fmt: skip
     parser.add_argument(
         "--init", type=Path, metavar="CHECKPOINT",
@@ -234,6 +247,7 @@ class Config:
     init: str  # checkpoint the weights start from ("" = random init)
     zero_init_residual: bool  # random init: each residual branch's last BN weight starts at 0 (else 1)
     target_scale: tuple[float, float]  # training scenes' target size range (fractions of the side)
+    augment: str  # photo folders: the augmentation policy after crop and flip ("none", "trivialaugment"...)
     cbam: CBAMConfig | None  # the CBAM blocks' options (None for a plain ResNet)
     workers: int
     device: str  # "cpu" or "cuda"
@@ -275,6 +289,7 @@ def resolve_config(
         "init": str(args.init) if getattr(args, "init", None) else None,
         "zero_init_residual": getattr(args, "zero_init_residual", None),
         "target_scale": tuple(args.target_scale) if getattr(args, "target_scale", None) else None,
+        "augment": getattr(args, "augment", None),
     }
     batch = explicit["batch_size"]
     if batch is None:
@@ -285,10 +300,12 @@ def resolve_config(
         explicit["steps"] = math.ceil(args.images / batch) if batch > 0 else 0
 
     if saved:
-        # Runs saved before --init / --zero-init-residual / --target-scale / the CBAM options existed started from
-        # random zero-init-residual weights, drew their targets at the default sizes and had the paper's CBAM design.
+        # Runs saved before --init / --zero-init-residual / --target-scale / the CBAM options / --augment existed
+        # started from random zero-init-residual weights, drew their targets at the default sizes, had the paper's
+        # CBAM design and trained on stamp scenes (no --augment).
         default_cbam = CBAMConfig().to_dict() if parse_arch(saved["arch"])[1] else None
-        saved = {"init": "", "zero_init_residual": True, "target_scale": ds.TARGET_SCALE, "cbam": default_cbam, **saved}
+        saved = {"init": "", "zero_init_residual": True, "target_scale": TARGET_SCALE, "cbam": default_cbam,
+                 "augment": "none", **saved}  # fmt: skip
         changed = [
             f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key] if saved[key] != '' else 'none'})"
             for key in RECIPE_KEYS
@@ -319,7 +336,8 @@ def resolve_config(
             "seed": explicit["seed"] if explicit["seed"] is not None else 0,
             "init": explicit["init"] or "",
             "zero_init_residual": explicit["zero_init_residual"] is not False,
-            "target_scale": explicit["target_scale"] or ds.TARGET_SCALE,
+            "target_scale": explicit["target_scale"] or TARGET_SCALE,
+            "augment": explicit["augment"] or "none",
             "cbam": _new_cbam(explicit["arch"], cbam_given, init_cbam),
         }
         if explicit["init"] and explicit["zero_init_residual"] is not None:
@@ -420,66 +438,6 @@ def _validate(cfg: Config, world_size: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class DataSource:
-    """What training needs from a stamp-scenes folder (tests may pass their own)."""
-
-    class_names: list[str]
-    info: dict  # recorded as the checkpoints' `dataset` metadata (pack hash, version...)
-    # (size, length, seed, target_scale) -> items (uint8 CHW tensor, label)
-    train_dataset: Callable[[int, int, int, tuple[float, float]], Dataset]
-    val_split: Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]  # (size, rank, world) -> uint8 NCHW, labels
-
-
-def open_data(root: str | Path) -> DataSource:
-    """The asset pack (training scenes) and fixed validation split of a folder written by `data build --out`."""
-    root = Path(root)
-    pack_dir = root / "pack"
-    if not pack_dir.is_dir() or not (root / "val").is_dir():
-        raise TrainError(
-            f"{root} is not a stamp-scenes folder (it needs pack/ and val/): build it first with "
-            f"`python -m cbam_viz data build --out {root}`"
-        )
-    pack = ds.AssetPack.load(pack_dir)
-    val = ds.MaterializedSplit(root, "val")
-    if val.pack_hash != pack.pack_hash or list(val.class_names) != list(pack.class_names):
-        raise TrainError(f"{root / 'val'} was built from another asset pack than {pack_dir}: rebuild the splits")
-    if len(val) == 0:
-        raise TrainError(f"{root / 'val'} holds no scenes")
-
-    def train_dataset(size: int, length: int, seed: int, target_scale: tuple[float, float]) -> Dataset:
-        return ds.SceneDataset(pack, "train", size=size, length=length, seed=seed, target_scale=target_scale)
-
-    def val_split(size: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return scenes_to_tensors((val[i] for i in range(rank, len(val), world)), size)
-
-    info = {
-        "name": "stamp scenes",
-        "pack_hash": pack.pack_hash,
-        "version": pack.version,
-        "root": str(root),
-        "val_images": len(val),
-    }
-    return DataSource(list(pack.class_names), info, train_dataset, val_split)
-
-
-def scenes_to_tensors(scenes, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scenes (`.image` PIL, `.label`) resized to size x size -> (uint8 N x 3 x size x size, int64 labels)."""
-    import numpy as np
-    from PIL import Image
-
-    images, labels = [], []
-    for scene in scenes:
-        image = scene.image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
-        images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
-        labels.append(int(scene.label))
-    if not images:
-        return torch.zeros((0, 3, size, size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
 class StepBatches:
@@ -755,18 +713,22 @@ def _train(
         args, saved["config"] if saved else None, device.type, ctx.world, init.meta.cbam if init is not None else None
     )
     if data is None:
-        data = open_data(cfg.data)
+        data = open_data(cfg.data, cfg.augment)
+    if getattr(args, "target_scale", None) and "pack_hash" not in data.info:
+        raise TrainError(f"--target-scale sizes the targets of stamp scenes; {cfg.data} holds photos")
+    curves_title = f"{DISPLAY_NAMES[cfg.arch]} on {data.info.get('name', 'stamp scenes')}, {cfg.size} px"
     if init is not None and init.meta.class_names != list(data.class_names):
         raise TrainError(
             f"--init {Path(cfg.init).name} was trained on {init.meta.num_classes} classes "
             f"({preview_names(init.meta.class_names)}), but {cfg.data} has {len(data.class_names)} "
             f"({preview_names(data.class_names)}): --init needs the same classes in the same order"
         )
-    if saved and saved.get("dataset", {}).get("pack_hash") != data.info.get("pack_hash"):
-        raise TrainError(
-            f"{last_path} was trained on pack {saved.get('dataset', {}).get('pack_hash')}, but {cfg.data} holds pack "
-            f"{data.info.get('pack_hash')}: point --data at the original data or start a new run"
-        )
+    for key in ("pack_hash", "files_hash"):  # stamp scenes: the asset pack; photo folders: the file lists
+        if saved and saved.get("dataset", {}).get(key) != data.info.get(key):
+            raise TrainError(
+                f"{last_path} was trained on data with {key} {saved.get('dataset', {}).get(key)}, but {cfg.data} "
+                f"has {data.info.get(key)}: point --data at the original data or start a new run"
+            )
     if ctx.main:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -889,7 +851,8 @@ def _train(
             "init": init_info or "random (torchvision init)",
             # How the chain's random init was done (checkpoints from before the option all used zero init).
             "zero_init_residual": init_info.get("zero_init_residual", True) if init_info else cfg.zero_init_residual,
-            "augmentation": "none besides the scene generator (every training scene is a fresh composite)",
+            "augmentation": data.augmentation,
+            "augment": cfg.augment,
             "target_scale": list(cfg.target_scale),
             "precision": cfg.precision,
             "channels_last": True,
@@ -947,7 +910,7 @@ def _train(
                 best.update(val_top1=top1, images=row["images"])
                 save_checkpoint(out / BEST, model, meta(row), dtype=torch.float16)
             write_metrics_csv(out / METRICS_CSV, history)
-            write_curves(out / CURVES_PNG, history, f"{DISPLAY_NAMES[cfg.arch]} on stamp scenes, {cfg.size} px")
+            write_curves(out / CURVES_PNG, history, curves_title)
             bar.write(
                 f"[{row['images']:,} images] loss {row['train_loss']:.3f}  train-batch {row['train_acc']:.1f}%  "
                 f"val top-1 {top1:.1f}%  top-5 {top5:.1f}%  {row['img_per_s']:.1f} img/s  "
@@ -1069,7 +1032,7 @@ def _train(
             if not (out / METRICS_CSV).is_file():
                 write_metrics_csv(out / METRICS_CSV, history)
             if not (out / CURVES_PNG).is_file():
-                write_curves(out / CURVES_PNG, history, f"{DISPLAY_NAMES[cfg.arch]} on stamp scenes, {cfg.size} px")
+                write_curves(out / CURVES_PNG, history, curves_title)
             print(
                 f"done: {row['images']:,} images, val top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% "
                 f"(best top-1 {best['val_top1']:.2f}%); wrote {out / FINAL} and {out / BEST}",

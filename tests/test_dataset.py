@@ -1,4 +1,4 @@
-"""Stamp-scenes dataset: asset packs, deterministic scene composition, materialized splits, `data build`.
+"""Stamp scenes (cbam_viz.data): asset packs, deterministic scene composition, materialized splits, `data build`.
 
 Everything runs on synthetic assets made here (a synthetic pack, and a fake extracted Debian cache for the
 build path); nothing is downloaded.
@@ -18,8 +18,23 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from cbam_viz import dataset as ds
+from cbam_viz.data import build, debian
+from cbam_viz.data.backgrounds import (
+    LOMIRI_DIR,
+    LOMIRI_PHOTOS,
+    MATE_PHOTO_DIR,
+    PLASMA_DIR,
+    PLASMA_PHOTOS,
+    TUXPAINT_TEMPLATES_DIR,
+)
+from cbam_viz.data.debian import DEBIAN_PACKAGES, fetch_debian_assets
+from cbam_viz.data.pack import SPLITS, AssetPack
+from cbam_viz.data.scenes import MAX_ROTATION, MIN_TARGET_VISIBLE, TARGET_SCALE, SceneDataset, compose_scene
+from cbam_viz.data.splits import MaterializedSplit, materialize_split
+from cbam_viz.data.stamps import FLAT_MAX, FLAT_PHOTO, STAMPS_SUBDIR, class_name_from_description, photo_statistics
+from cbam_viz.data.synthetic import make_synthetic_pack
 from cbam_viz.errors import CbamVizError
+from cbam_viz.fileio import atomic_dir
 
 RED = (255, 0, 0)
 N_CLASSES = 4
@@ -29,12 +44,12 @@ N_CLASSES = 4
 def pack_dir(tmp_path_factory) -> Path:
     """A synthetic pack: 4 pure-red shape classes, 3 green distractors, noise/gradient backgrounds with R <= 80."""
     root = tmp_path_factory.mktemp("pack") / "pack"
-    return ds.make_synthetic_pack(root, n_classes=N_CLASSES, n_distractors=3, class_colors=[RED] * N_CLASSES)
+    return make_synthetic_pack(root, n_classes=N_CLASSES, n_distractors=3, class_colors=[RED] * N_CLASSES)
 
 
 @pytest.fixture(scope="module")
-def pack(pack_dir) -> ds.AssetPack:
-    return ds.AssetPack.load(pack_dir)
+def pack(pack_dir) -> AssetPack:
+    return AssetPack.load(pack_dir)
 
 
 def shift_or(mask: np.ndarray, r: int) -> np.ndarray:
@@ -56,26 +71,26 @@ def erode(mask: np.ndarray, r: int) -> np.ndarray:
 
 
 def test_same_seed_and_index_give_identical_scenes(pack, pack_dir):
-    fresh = ds.AssetPack.load(pack_dir)  # a separate instance with its own (empty) image cache
-    for split in ds.SPLITS:
-        a = ds.compose_scene(pack, split, 7, 96, seed=3)
-        b = ds.compose_scene(fresh, split, 7, 96, seed=3)
+    fresh = AssetPack.load(pack_dir)  # a separate instance with its own (empty) image cache
+    for split in SPLITS:
+        a = compose_scene(pack, split, 7, 96, seed=3)
+        b = compose_scene(fresh, split, 7, 96, seed=3)
         assert a.image.mode == "RGB" and a.image.size == (96, 96)
         assert a.mask.dtype == bool and a.mask.shape == (96, 96)
         assert a.image.tobytes() == b.image.tobytes()
         assert np.array_equal(a.mask, b.mask) and a.label == b.label
         assert len(a.distractor_masks) == len(b.distractor_masks)
         assert all(np.array_equal(x, y) for x, y in zip(a.distractor_masks, b.distractor_masks))
-    base = ds.compose_scene(pack, "train", 7, 96, seed=3)
-    assert ds.compose_scene(pack, "train", 8, 96, seed=3).image.tobytes() != base.image.tobytes()
-    assert ds.compose_scene(pack, "train", 7, 96, seed=4).image.tobytes() != base.image.tobytes()
-    assert ds.compose_scene(pack, "val", 7, 96, seed=3).image.tobytes() != base.image.tobytes()
+    base = compose_scene(pack, "train", 7, 96, seed=3)
+    assert compose_scene(pack, "train", 8, 96, seed=3).image.tobytes() != base.image.tobytes()
+    assert compose_scene(pack, "train", 7, 96, seed=4).image.tobytes() != base.image.tobytes()
+    assert compose_scene(pack, "val", 7, 96, seed=3).image.tobytes() != base.image.tobytes()
 
 
 def test_mask_is_exactly_where_the_target_was_drawn(pack):
     seen_distractor = False
     for i in range(30):
-        s = ds.compose_scene(pack, "train", i, 96, seed=1)
+        s = compose_scene(pack, "train", i, 96, seed=1)
         img = np.asarray(s.image).astype(int)
         red = (img[..., 0] > 140) & (img[..., 1] < 0.45 * img[..., 0]) & (img[..., 2] < 0.45 * img[..., 0])
         inner = erode(s.mask, 1)
@@ -101,25 +116,25 @@ def test_target_scale_and_visibility(pack):
     size = 128
     longest = []
     for i in range(60):
-        s = ds.compose_scene(pack, "train", i, size, seed=2)
+        s = compose_scene(pack, "train", i, size, seed=2)
         t = s.info["target"]
         longest.append(t["longest"])
-        assert ds.TARGET_SCALE[0] * size - 1 <= t["longest"] <= ds.TARGET_SCALE[1] * size + 1
-        assert abs(t["angle"]) <= ds.MAX_ROTATION
+        assert TARGET_SCALE[0] * size - 1 <= t["longest"] <= TARGET_SCALE[1] * size + 1
+        assert abs(t["angle"]) <= MAX_ROTATION
         # a front distractor never hides more than 30% of the target
-        assert s.mask.sum() >= ds.MIN_TARGET_VISIBLE * t["full_px"] - 1
+        assert s.mask.sum() >= MIN_TARGET_VISIBLE * t["full_px"] - 1
         assert s.mask.sum() >= 0.5 * (0.2 * size) ** 2 * 0.3  # never a sliver
     assert min(longest) < 0.3 * size and max(longest) > 0.6 * size
-    assert any(ds.compose_scene(pack, "train", i, size, seed=2).info["target"]["flip"] for i in range(20))
+    assert any(compose_scene(pack, "train", i, size, seed=2).info["target"]["flip"] for i in range(20))
 
 
 def test_training_can_draw_other_target_sizes(pack):
     """`target_scale` changes only the target's size: the scene's class, background and crop stay those of the
     default scene, and SceneDataset hands the range to every scene it composes."""
     size, small = 128, (0.10, 0.15)
-    data = ds.SceneDataset(pack, "train", size, length=30, seed=2, target_scale=small)
+    data = SceneDataset(pack, "train", size, length=30, seed=2, target_scale=small)
     for i in range(30):
-        default, scene = ds.compose_scene(pack, "train", i, size, seed=2), data.scene(i)
+        default, scene = compose_scene(pack, "train", i, size, seed=2), data.scene(i)
         assert small[0] * size - 1 <= scene.info["target"]["longest"] <= small[1] * size + 1
         assert (scene.label, scene.info["background"], scene.info["crop"]) == (
             default.label, default.info["background"], default.info["crop"]
@@ -127,14 +142,14 @@ def test_training_can_draw_other_target_sizes(pack):
 
 
 def test_backgrounds_are_disjoint_between_splits(pack, pack_dir):
-    files = {s: set(pack.backgrounds[s]) for s in ds.SPLITS}
-    assert all(files[s] for s in ds.SPLITS)
+    files = {s: set(pack.backgrounds[s]) for s in SPLITS}
+    assert all(files[s] for s in SPLITS)
     assert not (files["train"] & files["val"]) and not (files["train"] & files["test"]) and not (files["val"] & files["test"])
-    digests = {s: {hashlib.sha256((pack_dir / f).read_bytes()).hexdigest() for f in files[s]} for s in ds.SPLITS}
+    digests = {s: {hashlib.sha256((pack_dir / f).read_bytes()).hexdigest() for f in files[s]} for s in SPLITS}
     assert not (digests["train"] & digests["test"]) and not (digests["train"] & digests["val"])
-    for split in ds.SPLITS:
+    for split in SPLITS:
         for i in range(10):
-            assert ds.compose_scene(pack, split, i, 64).info["background"] in files[split]
+            assert compose_scene(pack, split, i, 64).info["background"] in files[split]
 
 
 def test_distractors_are_never_classes(pack):
@@ -143,27 +158,27 @@ def test_distractors_are_never_classes(pack):
     distractor_files = {f for d in m["distractors"] for f in d["files"]}
     assert class_files and distractor_files and not (class_files & distractor_files)
     assert not set(pack.class_names) & set(pack.distractor_names)
-    labels = [ds.compose_scene(pack, "train", i, 48).label for i in range(40)]
+    labels = [compose_scene(pack, "train", i, 48).label for i in range(40)]
     assert set(labels) == set(range(N_CLASSES))  # uniform over classes, all of them reached
-    assert [ds.compose_scene(pack, "test", i, 48).label for i in range(8)] == [i % N_CLASSES for i in range(8)]
+    assert [compose_scene(pack, "test", i, 48).label for i in range(8)] == [i % N_CLASSES for i in range(8)]
 
 
 def test_scene_dataset_items_and_cheap_pickle(pack, pack_dir):
-    data = ds.SceneDataset(pack_dir, "train", size=40, length=5, seed=1)
+    data = SceneDataset(pack_dir, "train", size=40, length=5, seed=1)
     img, label = data[2]
     assert img.dtype == torch.uint8 and img.shape == (3, 40, 40) and 0 <= label < N_CLASSES
-    scene = ds.compose_scene(pack, "train", 2, 40, seed=1)
+    scene = compose_scene(pack, "train", 2, 40, seed=1)
     assert torch.equal(img, torch.from_numpy(np.array(scene.image)).permute(2, 0, 1))
     assert len(data) == 5 and data.class_names == pack.class_names
     with pytest.raises(IndexError):
         data[5]
     assert len(pickle.dumps(data)) < 20_000  # decoded images are not pickled
-    t = ds.SceneDataset(pack, "val", size=40, length=2, transform=lambda im: im.size)
+    t = SceneDataset(pack, "val", size=40, length=2, transform=lambda im: im.size)
     assert t[0] == ((40, 40), 0)
 
 
 def test_dataloader_workers_give_the_same_batches(pack_dir):
-    data = ds.SceneDataset(pack_dir, "train", size=48, length=12, seed=5)
+    data = SceneDataset(pack_dir, "train", size=48, length=12, seed=5)
     single = list(torch.utils.data.DataLoader(data, batch_size=4, num_workers=0))
     multi = list(torch.utils.data.DataLoader(data, batch_size=4, num_workers=2))
     assert len(single) == len(multi) == 3
@@ -175,32 +190,32 @@ def test_dataloader_workers_give_the_same_batches(pack_dir):
 
 
 def test_materialized_split_round_trips(pack, tmp_path):
-    out = ds.materialize_split(pack, tmp_path, "test", per_class=2, size=64, seed=4, image_format="png")
+    out = materialize_split(pack, tmp_path, "test", per_class=2, size=64, seed=4, image_format="png")
     first_index = (out / "index.jsonl").read_bytes()
-    split = ds.MaterializedSplit(tmp_path, "test")
+    split = MaterializedSplit(tmp_path, "test")
     assert len(split) == 2 * N_CLASSES
     assert split.class_names == pack.class_names and split.pack_hash == pack.pack_hash
     assert sorted(split.labels) == sorted(list(range(N_CLASSES)) * 2)
     for i in range(len(split)):
-        got, want = split[i], ds.compose_scene(pack, "test", i, 64, seed=4)
+        got, want = split[i], compose_scene(pack, "test", i, 64, seed=4)
         assert got.image.tobytes() == want.image.tobytes()  # PNG is lossless
         assert np.array_equal(got.mask, want.mask) and got.label == want.label
         assert len(got.distractor_masks) == len(want.distractor_masks)
         assert all(np.array_equal(a, b) for a, b in zip(got.distractor_masks, want.distractor_masks))
         rec = split.records[i]
         assert rec["class_name"] == pack.class_names[rec["label"]] and tuple(rec["bbox"]) == want.bbox
-    ds.materialize_split(pack, tmp_path, "test", per_class=2, size=64, seed=4, image_format="png")
+    materialize_split(pack, tmp_path, "test", per_class=2, size=64, seed=4, image_format="png")
     assert (out / "index.jsonl").read_bytes() == first_index
-    jpg = ds.materialize_split(pack, tmp_path / "j", "val", per_class=1, size=64, seed=4)
-    s0 = ds.MaterializedSplit(tmp_path / "j", "val")[0]
-    want = ds.compose_scene(pack, "val", 0, 64, seed=4)
+    jpg = materialize_split(pack, tmp_path / "j", "val", per_class=1, size=64, seed=4)
+    s0 = MaterializedSplit(tmp_path / "j", "val")[0]
+    want = compose_scene(pack, "val", 0, 64, seed=4)
     assert (jpg / "images" / "000000.jpg").exists() and np.array_equal(s0.mask, want.mask)
     assert np.abs(np.asarray(s0.image, int) - np.asarray(want.image, int)).mean() < 6
 
 
 def test_missing_split_is_a_clear_error(tmp_path):
     with pytest.raises(CbamVizError, match="data build"):
-        ds.MaterializedSplit(tmp_path, "val")
+        MaterializedSplit(tmp_path, "val")
 
 
 # --- loading errors ----------------------------------------------------------------------------------------------
@@ -208,7 +223,7 @@ def test_missing_split_is_a_clear_error(tmp_path):
 
 def test_load_errors_on_missing_or_corrupt_pack(pack_dir, tmp_path):
     with pytest.raises(CbamVizError, match="data build"):
-        ds.AssetPack.load(tmp_path / "nothing")
+        AssetPack.load(tmp_path / "nothing")
     import shutil
 
     def copy(name: str) -> Path:
@@ -219,25 +234,25 @@ def test_load_errors_on_missing_or_corrupt_pack(pack_dir, tmp_path):
     bad_json = copy("badjson")
     (bad_json / "manifest.json").write_text("{not json")
     with pytest.raises(CbamVizError, match="corrupt"):
-        ds.AssetPack.load(bad_json)
+        AssetPack.load(bad_json)
 
     tampered = copy("tampered")
     obj = next(iter(sorted((tampered / "objects").glob("*.png"))))
     obj.write_bytes(obj.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(CbamVizError, match="sha256"):
-        ds.AssetPack.load(tampered)
+        AssetPack.load(tampered)
 
     missing = copy("missing")
     next(iter((missing / "backgrounds" / "test").glob("*.jpg"))).unlink()
     with pytest.raises(CbamVizError, match="missing"):
-        ds.AssetPack.load(missing)
+        AssetPack.load(missing)
 
     other = copy("other")
     (other / "manifest.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(CbamVizError, match="not a cbam_viz"):
-        ds.AssetPack.load(other)
+        AssetPack.load(other)
     # the build folder itself (holding pack/) is accepted too
-    assert ds.AssetPack.load(pack_dir.parent).pack_hash == ds.AssetPack.load(pack_dir).pack_hash
+    assert AssetPack.load(pack_dir.parent).pack_hash == AssetPack.load(pack_dir).pack_hash
 
 
 # --- the build path, on a fake extracted Debian cache -------------------------------------------------------------
@@ -263,11 +278,11 @@ def make_fake_cache(cache: Path) -> None:
     """An extracted-package cache like fetch_debian_assets leaves, with a few photo-like and clip-art stamps."""
     rng = np.random.default_rng(0)
     ext = cache / "extracted"
-    for pkg in ds.DEBIAN_PACKAGES:
+    for pkg in DEBIAN_PACKAGES:
         (ext / pkg / "usr/share/doc" / pkg).mkdir(parents=True)
         (ext / pkg / "usr/share/doc" / pkg / "copyright").write_text(f"Files: *\nCopyright: test {pkg}\nLicense: GPL-2+\n")
         (ext / pkg / ".complete").write_text("1.0-test\n")
-    stamps = ext / "tuxpaint-stamps-default" / ds.STAMPS_SUBDIR
+    stamps = ext / "tuxpaint-stamps-default" / STAMPS_SUBDIR
 
     def stamp(rel: str, image: Image.Image, text: str | None = "A thing.", svg: bool = False) -> None:
         path = stamps / rel
@@ -290,14 +305,14 @@ def make_fake_cache(cache: Path) -> None:
     stamp("animals/vector.png", _photo_stamp(rng, 90, 90, (100, 100, 100)), "A vector.", svg=True)
     stamp("animals/zebra_mirror.png", _photo_stamp(rng, 90, 90, (100, 100, 100)), None)
     stamp("animals/tiny.png", _photo_stamp(rng, 30, 30, (100, 100, 100)), "A tiny thing.")
-    mate = ext / "mate-backgrounds" / ds.MATE_PHOTO_DIR
+    mate = ext / "mate-backgrounds" / MATE_PHOTO_DIR
     mate.mkdir(parents=True)
     for i in range(4):
         arr = rng.normal(120, 40, size=(300, 480, 3)).clip(0, 255).astype(np.uint8)
         Image.fromarray(arr).save(mate / f"Photo{i}.jpg", quality=90)
     Image.new("RGB", (480, 300), (40, 80, 160)).save(mate / "Flat.jpg")  # flat: rejected
-    plasma = ext / "plasma-workspace-wallpapers" / ds.PLASMA_DIR
-    for name in ds.PLASMA_PHOTOS[:2]:
+    plasma = ext / "plasma-workspace-wallpapers" / PLASMA_DIR
+    for name in PLASMA_PHOTOS[:2]:
         images = plasma / name / "contents" / "images"
         images.mkdir(parents=True)
         for w, h in ((640, 400), (320, 200)):
@@ -305,13 +320,13 @@ def make_fake_cache(cache: Path) -> None:
             Image.fromarray(arr).save(images / f"{w}x{h}.jpg", quality=90)
         meta = {"KPlugin": {"Name": name, "License": "GPL-2+", "Authors": [{"Name": "Someone"}]}}
         (plasma / name / "metadata.json").write_text(json.dumps(meta))
-    templates = ext / "tuxpaint-data" / ds.TUXPAINT_TEMPLATES_DIR
+    templates = ext / "tuxpaint-data" / TUXPAINT_TEMPLATES_DIR
     templates.mkdir(parents=True)
     for stem in ("cliff", "sheep"):  # sheep is excluded by name
         arr = rng.normal(110, 45, size=(240, 360, 3)).clip(0, 255).astype(np.uint8)
         Image.fromarray(arr).save(templates / f"{stem}.jpg", quality=90)
-    for package, stems in ds.LOMIRI_PHOTOS.items():
-        folder = ext / package / ds.LOMIRI_DIR
+    for package, stems in LOMIRI_PHOTOS.items():
+        folder = ext / package / LOMIRI_DIR
         folder.mkdir(parents=True)
         for stem in (stems[0], "render_by_Someone"):  # only the listed photo is used
             arr = rng.normal(90, 45, size=(240, 360, 3)).clip(0, 255).astype(np.uint8)
@@ -320,7 +335,7 @@ def make_fake_cache(cache: Path) -> None:
 
 def build_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    ds.add_arguments(parser)
+    build.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -330,8 +345,8 @@ def test_data_build_on_a_fake_debian_cache(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["build", "--out", str(out), "--cache", str(cache), "--size", "48", "--test-per-class", "2",
             "--val-per-class", "1", "--no-progress", "--seed", "3"]  # fmt: skip
-    assert ds.run(build_args(*argv)) == 0
-    pack = ds.AssetPack.load(out / "pack")
+    assert build.run(build_args(*argv)) == 0
+    pack = AssetPack.load(out / "pack")
     m = pack.manifest
     sources = {s for o in m["classes"] + m["distractors"] for s in o["sources"]}
     assert sources == {f"animals/{n}.png" for n in ["zebra", "zebra-2", "lion", "owl", "frog", "goat", "crow",
@@ -340,7 +355,7 @@ def test_data_build_on_a_fake_debian_cache(tmp_path, capsys):
     zebra = [o for o in m["classes"] + m["distractors"] if o["name"] == "zebra"]  # name from the description
     assert len(zebra) == 1 and zebra[0]["sources"] == ["animals/zebra-2.png", "animals/zebra.png"]
     assert len(zebra[0]["files"]) == 2
-    bgs = {s: {b["name"] for b in m["backgrounds"][s]} for s in ds.SPLITS}
+    bgs = {s: {b["name"] for b in m["backgrounds"][s]} for s in SPLITS}
     all_bgs = set().union(*bgs.values())
     assert len(all_bgs) == 9 and "mate-flat" not in all_bgs and "tuxpaint-sheep" not in all_bgs
     assert {"tuxpaint-cliff", "lomiri-bridge", "lomiri-infinite-sea"} <= all_bgs
@@ -348,33 +363,33 @@ def test_data_build_on_a_fake_debian_cache(tmp_path, capsys):
     license_text = (out / "pack" / "LICENSE-ATTRIBUTION.txt").read_text()
     assert "Copyright: test tuxpaint-stamps-default" in license_text and "Someone" in license_text
     assert "Copyright: test lomiri-wallpapers-16.04" in license_text and "Bridge_by_Sander_Klootwijk.jpg" in license_text
-    test = ds.MaterializedSplit(out, "test")
+    test = MaterializedSplit(out, "test")
     assert len(test) == 2 * pack.n_classes and test.pack_hash == pack.pack_hash and test[0].image.size == (48, 48)
     index = (out / "test" / "index.jsonl").read_bytes()
     assert "classes:" in capsys.readouterr().out
     # same seed again: identical pack hash and index files
-    assert ds.run(build_args(*argv)) == 0
-    assert ds.AssetPack.load(out / "pack").pack_hash == pack.pack_hash
+    assert build.run(build_args(*argv)) == 0
+    assert AssetPack.load(out / "pack").pack_hash == pack.pack_hash
     assert (out / "test" / "index.jsonl").read_bytes() == index
     # --pack reuses an existing pack without touching the cache
     other = tmp_path / "other"
-    assert ds.run(build_args("build", "--out", str(other), "--pack", str(out / "pack"), "--cache",
+    assert build.run(build_args("build", "--out", str(other), "--pack", str(out / "pack"), "--cache",
                              str(tmp_path / "nowhere"), "--size", "48", "--test-per-class", "2",
                              "--val-per-class", "1", "--no-progress", "--seed", "3")) == 0
     assert (other / "test" / "index.jsonl").read_bytes() == index
 
 
 def test_fetch_explains_missing_apt_get(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds.shutil, "which", lambda name: None)
+    monkeypatch.setattr(debian.shutil, "which", lambda name: None)
     with pytest.raises(CbamVizError, match="apt-get"):
-        ds.fetch_debian_assets(tmp_path, ["tuxpaint-stamps-default"], log=lambda m: None)
+        fetch_debian_assets(tmp_path, ["tuxpaint-stamps-default"], log=lambda m: None)
 
 
 def test_fetch_explains_failed_download(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(ds, "_run", lambda cmd, cwd=None: subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package"))
+    monkeypatch.setattr(debian.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(debian, "_run", lambda cmd, cwd=None: subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package"))
     with pytest.raises(CbamVizError, match="apt-get update"):
-        ds.fetch_debian_assets(tmp_path, ["tuxpaint-stamps-default"], log=lambda m: None)
+        fetch_debian_assets(tmp_path, ["tuxpaint-stamps-default"], log=lambda m: None)
 
 
 # --- selection helpers -------------------------------------------------------------------------------------------
@@ -395,11 +410,55 @@ def test_fetch_explains_failed_download(tmp_path, monkeypatch):
     ],
 )
 def test_class_name_from_description(description, name):
-    assert ds.class_name_from_description(description) == name
+    assert class_name_from_description(description) == name
 
 
 def test_photo_statistics_separate_photos_from_clip_art():
     rng = np.random.default_rng(0)
-    photo = ds.photo_statistics(_photo_stamp(rng, 80, 80, (120, 90, 60)))
-    clip = ds.photo_statistics(_flat_stamp(80, 80))
-    assert photo["flat"] < ds.FLAT_PHOTO and clip["flat"] >= ds.FLAT_MAX
+    photo = photo_statistics(_photo_stamp(rng, 80, 80, (120, 90, 60)))
+    clip = photo_statistics(_flat_stamp(80, 80))
+    assert photo["flat"] < FLAT_PHOTO and clip["flat"] >= FLAT_MAX
+
+
+def test_atomic_dir_replaces_a_folder_only_on_success(tmp_path):
+    target = tmp_path / "split"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["split"]
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["split"]
+
+
+def test_fetch_downloads_extracts_and_then_uses_the_cache(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd, cwd=None):
+        calls.append(cmd[:2])
+        if cmd[:2] == ["apt-get", "download"]:
+            (Path(cwd) / f"{cmd[2]}_1.2-3_all.deb").write_bytes(b"deb")
+        elif cmd[:2] == ["dpkg-deb", "-x"]:
+            if "broken" in cmd[2]:
+                return subprocess.CompletedProcess(cmd, 2, "", "dpkg-deb: error: not a Debian archive")
+            (Path(cmd[3]) / "usr").mkdir()
+            (Path(cmd[3]) / "usr" / "file").write_text("content")
+        elif cmd[:2] == ["dpkg-deb", "-f"]:
+            return subprocess.CompletedProcess(cmd, 0, "1.2-3\n", "")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(debian.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(debian, "_run", fake_run)
+    got = fetch_debian_assets(tmp_path, ["tuxpaint-data"], log=lambda m: None)
+    root = tmp_path / "extracted" / "tuxpaint-data"
+    assert got == {"tuxpaint-data": {"root": str(root), "version": "1.2-3"}}
+    assert (root / "usr" / "file").read_text() == "content" and (root / ".complete").read_text() == "1.2-3\n"
+    assert [c for c in calls if c[0] == "apt-get"] == [["apt-get", "download"]]
+    calls.clear()
+    assert fetch_debian_assets(tmp_path, ["tuxpaint-data"], log=lambda m: None) == got and calls == []
+    with pytest.raises(CbamVizError, match="not a Debian archive"):
+        fetch_debian_assets(tmp_path, ["broken-package"], log=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "extracted").iterdir()) == ["tuxpaint-data"]  # nothing half-written

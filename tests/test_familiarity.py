@@ -15,7 +15,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from cbam_viz import dataset as ds
+from cbam_viz.data.pack import AssetPack
+from cbam_viz.data.scenes import compose_unknown_scene
+from cbam_viz.data.splits import MaterializedSplit, materialize_split
+from cbam_viz.data.synthetic import make_synthetic_pack
 from cbam_viz.cam import compare
 from cbam_viz.checkpoints import CheckpointError, FamiliarityWarning, load_checkpoint, store_familiarity
 from cbam_viz.cli import main as cli_main
@@ -116,11 +119,11 @@ def test_threshold_keeps_95_percent_and_the_measures_by_hand():
 
 
 def test_unknown_scenes_are_deterministic_and_show_no_class(tmp_path):
-    pack = ds.AssetPack.load(ds.make_synthetic_pack(tmp_path / "pack", n_classes=3, n_distractors=2))
-    a = ds.compose_unknown_scene(pack, "test", 4, 64)
+    pack = AssetPack.load(make_synthetic_pack(tmp_path / "pack", n_classes=3, n_distractors=2))
+    a = compose_unknown_scene(pack, "test", 4, 64)
     assert a.size == (64, 64)
-    assert np.array_equal(np.asarray(a), np.asarray(ds.compose_unknown_scene(pack, "test", 4, 64)))
-    assert not np.array_equal(np.asarray(a), np.asarray(ds.compose_unknown_scene(pack, "test", 5, 64)))
+    assert np.array_equal(np.asarray(a), np.asarray(compose_unknown_scene(pack, "test", 4, 64)))
+    assert not np.array_equal(np.asarray(a), np.asarray(compose_unknown_scene(pack, "test", 5, 64)))
     # the synthetic classes are saturated non-green hues, the distractors green, the backgrounds red <= 80
     red = np.asarray(a)[..., 0].astype(int)
     assert red.max() <= 80 + 30  # background jitter aside, no red, yellow or white class object was drawn
@@ -129,14 +132,14 @@ def test_unknown_scenes_are_deterministic_and_show_no_class(tmp_path):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("famdata")
-    pack = ds.AssetPack.load(ds.make_synthetic_pack(root / "pack", n_classes=5, n_distractors=2))
-    ds.materialize_split(pack, root, "val", per_class=4, size=64)
-    ds.materialize_split(pack, root, "test", per_class=4, size=64)
+    pack = AssetPack.load(make_synthetic_pack(root / "pack", n_classes=5, n_distractors=2))
+    materialize_split(pack, root, "val", per_class=4, size=64)
+    materialize_split(pack, root, "test", per_class=4, size=64)
     return root
 
 
 def test_fit_command_stores_a_detector_that_flags_odd_images(data_dir, tmp_path, capsys):
-    path = make_checkpoint(tmp_path / "c.safetensors", "resnet50-cbam", 3, class_names=ds.AssetPack.load(
+    path = make_checkpoint(tmp_path / "c.safetensors", "resnet50-cbam", 3, class_names=AssetPack.load(
         data_dir).class_names)
     before = load_file(str(path))
     fit = ["familiarity", "fit", "--data", str(data_dir), "--checkpoint", str(path), "--images", "60",
@@ -152,7 +155,7 @@ def test_fit_command_stores_a_detector_that_flags_odd_images(data_dir, tmp_path,
     fam = loaded.familiarity
     assert fam is not None and fam.method == "knn" and fam.info["train_images"] == 60 and fam.info["k"] == 3
     assert fam.tensors["bank"].shape == (60, 2048) and "standardise" not in fam.tensors
-    val = ds.MaterializedSplit(data_dir, "val")
+    val = MaterializedSplit(data_dir, "val")
     val_scores = fam.scores(*map(torch.from_numpy, extract({"m": loaded}, [val[i].image for i in range(len(val))],
                                                              len(val))["m"]))
     assert np.mean(val_scores <= fam.threshold) >= 0.95

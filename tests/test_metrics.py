@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from cbam_viz.cli import main
-from cbam_viz.dataset import AssetPack, MaterializedSplit, make_synthetic_pack, materialize_split
+from cbam_viz.data.pack import AssetPack
+from cbam_viz.data.splits import MaterializedSplit, materialize_split
+from cbam_viz.data.synthetic import make_synthetic_pack
 from cbam_viz.evaluate import METRICS, by_object_size, format_size_table, format_table, scene_scores
 from cbam_viz.metrics import agreement, box_mask, energy_in_mask, pointing_hit, pointing_tolerance
 from cbam_viz.paired import PairedDifference

@@ -20,7 +20,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cbam_viz import dataset as ds
+from cbam_viz.data.pack import AssetPack
+from cbam_viz.data.source import scenes_to_tensors
+from cbam_viz.data.splits import MaterializedSplit, materialize_split
+from cbam_viz.data.synthetic import make_synthetic_pack
 from cbam_viz import train as tr
 from cbam_viz.checkpoints import load_checkpoint, load_pair
 from cbam_viz.errors import CbamVizError
@@ -46,8 +49,8 @@ def one_thread():
 def data_dir(tmp_path_factory) -> Path:
     """A stamp-scenes folder: a 3-class synthetic pack and a 6-scene val split at 48 px (resized to 32 when used)."""
     root = tmp_path_factory.mktemp("stamps")
-    ds.make_synthetic_pack(root / "pack", n_classes=3, n_distractors=1, background_size=(96, 72), object_side=48)
-    ds.materialize_split(ds.AssetPack.load(root / "pack"), root, "val", per_class=2, size=48)
+    make_synthetic_pack(root / "pack", n_classes=3, n_distractors=1, background_size=(96, 72), object_side=48)
+    materialize_split(AssetPack.load(root / "pack"), root, "val", per_class=2, size=48)
     return root
 
 
@@ -91,7 +94,7 @@ def test_tiny_run_writes_metrics_curves_and_checkpoints(data_dir, tmp_path, caps
         assert float(row["val_top1"]) <= float(row["val_top5"]) and float(row["img_per_s"]) > 0
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    pack = ds.AssetPack.load(data_dir / "pack")
+    pack = AssetPack.load(data_dir / "pack")
     for name in ("final.safetensors", "best.safetensors"):
         loaded = load_checkpoint(out / name)
         meta = loaded.meta
@@ -232,7 +235,7 @@ def test_bad_arguments_are_clear_errors(data_dir, tmp_path, extra, message):
 def test_bad_data_and_run_folders(data_dir, tmp_path, capsys):
     with pytest.raises(CbamVizError, match=r"--arch \(or --init\) is required"):
         tr.run(parse(["--data", str(data_dir), "--out", str(tmp_path / "a"), "--device", "cpu"]))
-    with pytest.raises(CbamVizError, match="not a stamp-scenes folder"):
+    with pytest.raises(CbamVizError, match="not a data folder this tool reads. It does not exist"):
         tr.run(parse(argv(tmp_path / "nowhere", tmp_path / "b")))
     if not torch.cuda.is_available():
         with pytest.raises(CbamVizError, match="no CUDA device"):
@@ -270,7 +273,7 @@ def test_init_starts_from_a_checkpoint_and_records_it(data_dir, tmp_path, straig
 
     recipe = load_checkpoint(out / tr.FINAL).meta.recipe
     assert recipe["init"]["checkpoint"] == tr.FINAL and recipe["init"]["images_total"] == STEPS * BATCH
-    assert recipe["init"]["pack_hash"] == ds.AssetPack.load(data_dir / "pack").pack_hash
+    assert recipe["init"]["pack_hash"] == AssetPack.load(data_dir / "pack").pack_hash
     assert recipe["images_seen"] == BATCH and recipe["images_total"] == (STEPS + 1) * BATCH
     assert load_checkpoint(source).meta.recipe["init"] == "random (torchvision init)"
     # A rerun with the same options continues the same run; naming another starting checkpoint is a recipe change.
@@ -285,8 +288,8 @@ def test_init_refuses_other_arch_or_classes(data_dir, tmp_path, straight):
     with pytest.raises(CbamVizError, match="holds a resnet50 checkpoint, but resnet50-cbam"):
         tr.train(parse(argv(data_dir, tmp_path / "a", "--arch", "resnet50-cbam", "--init", source)[2:]))
     other = tmp_path / "other"
-    ds.make_synthetic_pack(other / "pack", n_classes=4, n_distractors=1, background_size=(96, 72), object_side=48)
-    ds.materialize_split(ds.AssetPack.load(other / "pack"), other, "val", per_class=1, size=48)
+    make_synthetic_pack(other / "pack", n_classes=4, n_distractors=1, background_size=(96, 72), object_side=48)
+    materialize_split(AssetPack.load(other / "pack"), other, "val", per_class=1, size=48)
     with pytest.raises(CbamVizError, match="trained on 3 classes .* has 4 .* needs the same classes"):
         tr.train(parse(argv(other, tmp_path / "b", "--init", source)[2:]))
     with pytest.raises(CbamVizError, match="checkpoint not found"):
@@ -352,7 +355,7 @@ def test_background_gap_diagnostic(data_dir, straight, capsys, monkeypatch):
 
     model = straight.model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    images, labels = tr.scenes_to_tensors(ds.MaterializedSplit(data_dir, "val"), SIZE)
+    images, labels = scenes_to_tensors(MaterializedSplit(data_dir, "val"), SIZE)
     assert 0 <= background_gap.top1(model, images, labels, batch_stats=True) <= 100
     assert params_equal(before, model.state_dict()) == []
 
@@ -368,7 +371,7 @@ def test_branch_scale_diagnostic(data_dir, tiny_checkpoints):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import branch_scale
 
-    val = ds.MaterializedSplit(data_dir, "val")
+    val = MaterializedSplit(data_dir, "val")
     baseline = branch_scale.branch_scales(tiny_checkpoints["baseline"], val, scenes=2)
     cbam = branch_scale.branch_scales(tiny_checkpoints["cbam"], val, scenes=2)
     assert len(baseline) == len(cbam) == 16 and list(cbam)[0] == "layer1.0" and list(cbam)[-1] == "layer4.2"
@@ -400,7 +403,7 @@ def test_peak_location_diagnostic(data_dir, tiny_checkpoints, capsys):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import peak_location
 
-    split = ds.MaterializedSplit(data_dir, "val")
+    split = MaterializedSplit(data_dir, "val")
     with torch.inference_mode():
         scenes = evaluate(split, load_pair(tiny_checkpoints["baseline"], tiny_checkpoints["cbam"]), 4)["scenes"]
     for record, index in zip(scenes, range(len(split))):
