@@ -143,8 +143,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False,
-        help="torch.compile the training forward/backward: fuses CBAM's elementwise work (benchmarks/train_step.py, "
-        "2-core AMX CPU, bf16, 160 px: CBAM-ResNet50 1.5x, ResNet50 1.05x) after minutes of compiling (default: off)",
+        help="torch.compile the training forward/backward: fuses CBAM's elementwise work, after minutes of compiling "
+        "(benchmarks/train_step.py measures the gain; default: off)",
     )  # fmt: skip
     parser.add_argument(
         "--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
