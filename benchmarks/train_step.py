@@ -21,14 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model  # noqa: E402
-from cbam_viz.train import (  # noqa: E402
-    DEFAULT_LABEL_SMOOTHING,
-    DEFAULT_WEIGHT_DECAY,
-    MOMENTUM,
-    _autocast,
-    auto_precision,
-    param_groups,
-)
+from cbam_viz.train.config import DEFAULT_LABEL_SMOOTHING, DEFAULT_WEIGHT_DECAY, MOMENTUM, auto_precision  # noqa: E402
+from cbam_viz.train.loop import autocast  # noqa: E402
+from cbam_viz.train.optim import param_groups  # noqa: E402
 
 
 def make_step(arch: str, compiled: bool, batch: int, size: int, precision: str):
@@ -43,7 +38,7 @@ def make_step(arch: str, compiled: bool, batch: int, size: int, precision: str):
     device = torch.device("cpu")
 
     def step() -> None:
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = net(x)
         loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)

@@ -27,6 +27,8 @@ from cbam_viz.data.synthetic import make_synthetic_pack
 from cbam_viz import train as tr
 from cbam_viz.checkpoints import load_checkpoint, load_pair
 from cbam_viz.errors import CbamVizError
+from cbam_viz.models import build_model
+from cbam_viz.train.optim import lr_factor, param_groups
 from cbam_viz.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +183,7 @@ def test_two_process_gloo_ddp_stays_in_sync(data_dir, tmp_path):
     assert [[r[k] for k in key] for r in r0["history"]] == [[r[k] for k in key] for r in r1["history"]]
     assert all(math.isfinite(row["train_loss"]) for row in r0["history"])
     assert r0["history"][-1]["images"] == 3 * BATCH and r0["history"][-1]["val_images"] == 6
-    assert not torch.equal(r0["state"]["fc.weight"], tr.build_model("resnet50", 3).state_dict()["fc.weight"])
+    assert not torch.equal(r0["state"]["fc.weight"], build_model("resnet50", 3).state_dict()["fc.weight"])
     assert sorted(p.name for p in out.iterdir()) == [
         "best.safetensors", "curves.png", "final.safetensors", "last.pt", "metrics.csv",
     ]  # fmt: skip
@@ -199,11 +201,11 @@ def test_ranks_read_distinct_slices_of_one_stream():
 
 def test_schedule_and_weight_decay_groups():
     steps, warmup = 100, 5
-    factors = [tr.lr_factor(s, steps, warmup) for s in range(steps)]
+    factors = [lr_factor(s, steps, warmup) for s in range(steps)]
     assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert all(a >= b for a, b in zip(factors[4:], factors[5:])) and 0 < factors[-1] < 0.001
-    model = tr.build_model("resnet50-cbam", 3)
-    decay, no_decay = tr.param_groups(model, 5e-5)
+    model = build_model("resnet50-cbam", 3)
+    decay, no_decay = param_groups(model, 5e-5)
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(names[id(p)].endswith("weight") and p.ndim > 1 for p in decay["params"])
     assert {"bn1.weight", "bn1.bias", "fc.bias", "layer1.0.cbam.spatial.bn.weight"} <= {
@@ -340,7 +342,7 @@ def test_compile_wraps_only_the_training_net(data_dir, tmp_path, monkeypatch):
         compiled.append(module)
         return module
 
-    monkeypatch.setattr(tr.torch, "compile", fake_compile)
+    monkeypatch.setattr(torch, "compile", fake_compile)
     result = tr.train(parse(argv(data_dir, tmp_path / "run", "--compile", steps=1)))
     assert compiled == [result.model] and result.config.compile
     assert load_checkpoint(tmp_path / "run" / tr.FINAL).meta.recipe["compiled"] is True

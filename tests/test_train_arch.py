@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 from test_train import argv, data_dir, one_thread, parse  # noqa: F401 (fixtures)
 
@@ -37,7 +39,7 @@ def test_cbam_options_resolve_and_are_refused_without_cbam():
 
 def test_resume_keeps_the_options_and_refuses_changes():
     saved = tr.resolve_config(parse(["--out", "run", "--arch", "resnet18-cbam", *VARIANT]), None, "cpu", 1)
-    saved = tr.asdict(saved)  # as last.pt stores it
+    saved = asdict(saved)  # as last.pt stores it
     assert resolve(saved=saved).cbam == VARIANT_CONFIG
     assert resolve("--arrangement", "parallel", saved=saved).cbam == VARIANT_CONFIG
     with pytest.raises(CbamVizError, match=r"--channel-pool avg \(the run has max\)"):
