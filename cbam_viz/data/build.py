@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from cbam_viz.data import stamp_imagefolder
 from cbam_viz.data.backgrounds import (
     PLASMA_DIR,
     background_texture,
@@ -226,12 +227,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--image-format", choices=("jpg", "png"), default="jpg",
                    help="image format of the materialized scenes (masks are always PNG; default: %(default)s)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    stamp_imagefolder.add_arguments(sub)
 
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry point of `python -m cbam_viz data`."""
-    if getattr(args, "data_command", None) != "build":
-        raise CbamVizError("usage: python -m cbam_viz data build --out DIR")
+    command = getattr(args, "data_command", None)
+    if command == "imagefolder":
+        return stamp_imagefolder.run(args)
+    if command != "build":
+        raise CbamVizError("usage: python -m cbam_viz data build --out DIR | data imagefolder --from DIR --out OUT")
     return _run_build(args)
 
 
