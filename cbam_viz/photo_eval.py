@@ -138,9 +138,12 @@ def evaluate_photos(
 ) -> dict:
     """Score both models on the photos (`frame` = (preprocessing, side)); per-photo records plus annotation counts."""
     count = len(samples) if limit is None else min(limit, len(samples))
+    if count <= 0:
+        raise CbamVizError(f"no photos to evaluate in {samples.root}")
     labels = checkpoint_labels(samples, models)
     class_set = set(samples.class_names)
-    stats = {"annotated": 0, "no_annotation": 0, "no_box_in_frame": 0, "boxes_of_unknown_classes": 0, "road_seconds": 0.0}
+    stats = {"annotated": 0, "no_annotation": 0, "no_box_in_frame": 0, "boxes_of_unknown_classes": 0}
+    road_seconds = 0.0
     records = []
     for start in tqdm(range(0, count, batch_size), desc="eval", unit="batch"):
         indices = range(start, min(start + batch_size, count))
@@ -149,7 +152,7 @@ def evaluate_photos(
         targets = [labels[samples.samples[i][1]] for i in indices]
         comparisons = run_models(frames, models, max_side=None, image_targets=targets, input_size=input_size)
         road_by_model, seconds = road_for_batch(models, frames, comparisons, input_size) if road else ({}, 0.0)
-        stats["road_seconds"] += seconds
+        road_seconds += seconds
         for j, (i, image, comparison) in enumerate(zip(indices, images, comparisons)):
             class_name = samples.class_names[samples.samples[i][1]]
             annotation = annotations.lookup(samples.key(i)) if annotations else None
@@ -161,7 +164,7 @@ def evaluate_photos(
                 if road:
                     record[key]["road"] = float(road_by_model[key][j])
             records.append(record)
-    return {"count": count, "annotations": stats, "images": records}
+    return {"count": count, "annotations": stats, "images": records, "road_seconds": road_seconds}
 
 
 def count_annotation(stats: dict, annotation: ImageAnnotation | None, truth: GroundTruth | None, classes: set) -> None:
@@ -212,7 +215,7 @@ def run_photos(args: argparse.Namespace, models: dict[str, LoadedModel]) -> int:
     print(annotation_line(annotations, stats, result["count"]))
     print(format_table(summary, names, paired, rows, unit="images"))
     if args.road:
-        print(road_cost(result["count"], len(models), stats["road_seconds"]))
+        print(road_cost(result["count"], len(models), result["road_seconds"]))
     report = {
         "data": str(args.data), "split": args.split, "count": result["count"], "classes": samples.class_names,
         "preprocessing": {"mode": frame[0], "side": frame[1], "description": describe(*frame)},
