@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("cbam_viz.bench", "measure compare/CAM/export speed against bare forward passes"),
     "data": ("cbam_viz.dataset", "build the stamp-scenes asset pack and its fixed splits"),
     "train": ("cbam_viz.train", "train ResNet50 or CBAM-ResNet50 on stamp scenes"),
-    "eval": ("cbam_viz.evaluate", "accuracy and Grad-CAM localization of checkpoints on the test split"),
+    "eval": ("cbam_viz.evaluate", "accuracy and Grad-CAM localization of checkpoints on stamp scenes or photos"),
     "familiarity": ("cbam_viz.familiarity_cli", "fit a checkpoint's familiarity detector, or measure every detector"),
 }
 

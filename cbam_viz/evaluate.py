@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     boxes.add_argument("--masks", type=Path, help="photos: a folder of PNG masks mirroring the photos' paths")
     parser.add_argument(
         "--preprocess", choices=["center", "whole"],
-        help="photos: center crop (shorter side to 256/224 of the input, central square; default) or whole-image resize",
+        help="photos: center crop (shorter side to 256/224 of the input, central square; default) or whole-image "
+        "resize",
     )
     parser.add_argument("--road", action="store_true", help="also score each CAM's faithfulness with ROAD (slow)")
     parser.add_argument("--baseline", type=Path, help="baseline checkpoint (default: bundled)")

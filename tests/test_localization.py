@@ -292,3 +292,42 @@ def test_eval_refuses_boxes_for_stamp_scenes(tmp_path, tiny_checkpoints, capsys)
     code = main(["eval", "--data", str(tmp_path), "--boxes", str(tmp_path), "--baseline",
                  str(tiny_checkpoints["baseline"]), "--cbam", str(tiny_checkpoints["cbam"])])
     assert code == 2 and "--boxes, --masks and --preprocess are for photo folders" in capsys.readouterr().err
+
+
+def write_masks(photo_root: Path, out: Path, size: tuple[int, int] = (48, 40)) -> Path:
+    """A PNG mask (a 20x16 px object) for the first photo of every class, mirroring the photos' paths."""
+    for folder in sorted((photo_root / "photos" / "val").iterdir()):
+        (out / folder.name).mkdir(parents=True, exist_ok=True)
+        pixels = np.zeros((size[1], size[0]), np.uint8)
+        pixels[10:26, 8:28] = 255
+        Image.fromarray(pixels).save(out / folder.name / f"{folder.name.replace(' ', '_')}_0.png")
+    return out
+
+
+def test_eval_on_photos_with_masks_whole_resize_and_road(photo_root, tiny_checkpoints, tmp_path, capsys):
+    masks = write_masks(photo_root, tmp_path / "masks")
+    out = tmp_path / "eval"
+    code = main(["eval", "--data", str(photo_root / "photos"), "--masks", str(masks), "--preprocess", "whole",
+                 "--road", "--limit", "2", "--baseline", str(tiny_checkpoints["baseline"]),
+                 "--cbam", str(tiny_checkpoints["cbam"]), "--out", str(out), "--figure-rows", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "preprocessing: whole image resized to 64x64 px (aspect ratio not kept)" in printed
+    assert "1 of 2 photos localized against them; 1 have no annotation" in printed  # blue_bar_0 has a mask
+    assert "ROAD, P (LeRF - MoRF) / 2" in printed and "36 forward passes and 18 imputations per image" in printed
+    report = json.loads((out / "eval.json").read_text())
+    assert report["annotations"]["kind"] == "masks"
+    assert [r["annotated"] for r in report["images"]] == [True, False]
+    for key in ("baseline", "cbam"):
+        roads = [r[key]["road"] for r in report["images"]]
+        assert all(np.isfinite(roads)) and report["summary"][key]["road"] == pytest.approx(np.mean(roads))
+    assert report["cbam_minus_baseline"]["road"]["p_value"] is None
+
+
+def test_eval_names_a_mask_of_the_wrong_size(photo_root, tiny_checkpoints, tmp_path, capsys):
+    masks = write_masks(photo_root, tmp_path / "masks", size=(20, 20))
+    code = main(["eval", "--data", str(photo_root / "photos"), "--masks", str(masks), "--limit", "1",
+                 "--baseline", str(tiny_checkpoints["baseline"]), "--cbam", str(tiny_checkpoints["cbam"]),
+                 "--out", str(tmp_path / "eval")])
+    assert code == 2
+    assert "the mask of blue bar/blue_bar_0 is 20x20 px but the photo is 48x40 px" in capsys.readouterr().err

@@ -212,3 +212,25 @@ def test_eval_refuses_checkpoints_of_other_classes(tmp_path, tiny_checkpoints, c
     code = main(["eval", "--data", str(tmp_path / "data"), "--baseline", str(tiny_checkpoints["baseline"]),
                  "--cbam", str(tiny_checkpoints["cbam"]), "--out", str(tmp_path / "eval")])
     assert code == 2 and "classes do not match" in capsys.readouterr().err
+
+
+def test_eval_road_on_stamp_scenes(tmp_path, capsys):
+    pack = AssetPack.load(make_synthetic_pack(tmp_path / "data" / "pack", n_classes=3))
+    materialize_split(pack, tmp_path / "data", "test", per_class=1, size=64)
+    split = MaterializedSplit(tmp_path / "data", "test")
+    checkpoints = {
+        key: make_checkpoint(tmp_path / f"{key}.safetensors", arch, seed, class_names=split.class_names)
+        for key, arch, seed in (("baseline", "resnet50", 0), ("cbam", "resnet50-cbam", 1))
+    }
+    out = tmp_path / "eval"
+    code = main(["eval", "--data", str(tmp_path / "data"), "--baseline", str(checkpoints["baseline"]),
+                 "--cbam", str(checkpoints["cbam"]), "--out", str(out), "--limit", "2", "--figure-rows", "1",
+                 "--road"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    rows = [line[:32].strip() for line in printed.splitlines()]
+    assert rows[3:10] == [label for _, label in METRICS] + ["ROAD, P (LeRF - MoRF) / 2"]
+    assert "ROAD: 36 forward passes and 18 imputations per image and model" in printed
+    report = json.loads((out / "eval.json").read_text())
+    for key in ("baseline", "cbam"):
+        assert report["summary"][key]["road"] == pytest.approx(np.mean([s[key]["road"] for s in report["scenes"]]))

@@ -171,7 +171,9 @@ def read_imagenet_csv(path: Path) -> dict[str, ImageAnnotation]:
                 try:
                     coords = [float(v) for v in tokens[k + 1 : k + 5]]
                 except ValueError:
-                    raise AnnotationError(f"{path}: line {line}: box {k // 5 + 1} has a non-numeric coordinate") from None
+                    raise AnnotationError(
+                        f"{path}: line {line}: box {k // 5 + 1} has a non-numeric coordinate"
+                    ) from None
                 boxes.append(_box(path, f"line {line}", tokens[k], *coords))
             out[row[0].strip()] = ImageAnnotation(tuple(boxes))
     return out
