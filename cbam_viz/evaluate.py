@@ -244,29 +244,40 @@ def format_familiarity(distribution: dict[str, dict | None], names: dict[str, st
 def run(args: argparse.Namespace) -> int:
     if args.input_size is not None and args.input_size < 32:
         raise CbamVizError(f"--input-size must be at least 32 px: ResNet50 downsamples by 32 (got {args.input_size})")
-    if photo_folder(args.data, args.split):
+    source, args.split = data_source(args.data, args.split)
+    if source == "photos":
         from cbam_viz.photo_eval import run_photos
 
-        args.split = args.split or "val"
         return run_photos(args, load_pair(args.baseline, args.cbam, args.device))
     if args.boxes or args.masks or args.preprocess:
         raise CbamVizError("--boxes, --masks and --preprocess are for photo folders: stamp scenes carry their masks")
     return run_stamps(args)
 
 
-def photo_folder(data: Path, split: str | None) -> bool:
-    """Whether `data` holds photos (DIR/<split>/<class>/...) rather than a stamp-scenes split (index.jsonl)."""
-    folder = data / (split or "val")
-    if split is None and (data / "test" / "index.jsonl").exists():
-        return False
-    return folder.is_dir() and not (folder / "index.jsonl").exists() and not (folder / "split.json").exists()
+def data_source(data: Path, split: str | None) -> tuple[str, str]:
+    """("stamps" or "photos", split): a split folder with index.jsonl or split.json is stamp scenes (default split
+    test), one without is a photo folder DIR/<split>/<class>/<image> (default split val)."""
+    if split is None:
+        photos = (data / "val").is_dir() and not is_stamp_split(data / "val") and not is_stamp_split(data / "test")
+        split = "val" if photos else "test"
+    folder = data / split
+    if not folder.is_dir():
+        raise CbamVizError(
+            f"no {split} split in {data}: expected stamp scenes ({folder}/index.jsonl, written by `data build`) or "
+            f"photos ({folder}/<class>/<image>)"
+        )
+    return ("stamps" if is_stamp_split(folder) else "photos"), split
+
+
+def is_stamp_split(folder: Path) -> bool:
+    """Whether `folder` is a split written by `data build` (it has index.jsonl or split.json)."""
+    return (folder / "index.jsonl").exists() or (folder / "split.json").exists()
 
 
 def run_stamps(args: argparse.Namespace) -> int:
     """`eval` on a stamp-scenes split: the table, the table by object size, familiarity, JSON and the figure."""
     from cbam_viz.dataset import MaterializedSplit
 
-    args.split = args.split or "test"
     split = MaterializedSplit(args.data, args.split)
     models = load_pair(args.baseline, args.cbam, args.device)
     for key, loaded in models.items():

@@ -331,3 +331,10 @@ def test_eval_names_a_mask_of_the_wrong_size(photo_root, tiny_checkpoints, tmp_p
                  "--out", str(tmp_path / "eval")])
     assert code == 2
     assert "the mask of blue bar/blue_bar_0 is 20x20 px but the photo is 48x40 px" in capsys.readouterr().err
+
+
+def test_eval_says_what_a_data_folder_should_hold(tmp_path, tiny_checkpoints, capsys):
+    code = main(["eval", "--data", str(tmp_path), "--split", "val", "--baseline", str(tiny_checkpoints["baseline"]),
+                 "--cbam", str(tiny_checkpoints["cbam"])])
+    err = capsys.readouterr().err
+    assert code == 2 and f"no val split in {tmp_path}" in err and "<class>/<image>" in err
