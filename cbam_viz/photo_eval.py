@@ -240,6 +240,6 @@ def annotation_line(annotations: Annotations | None, stats: dict, count: int) ->
         return "localization: not measured (no --boxes or --masks given)"
     line = (f"annotations ({annotations.kind}, {annotations.source}): {stats['annotated']} of {count} photos "
             f"localized against them; {stats['no_annotation']} have no annotation, {stats['no_box_in_frame']} no "
-            f"box of their class inside the frame")
+            f"box or mask of their class inside the frame")
     unknown = stats["boxes_of_unknown_classes"]
     return line + (f"; {unknown} boxes name no class of the folder" if unknown else "")

@@ -255,7 +255,7 @@ def test_eval_on_photos_end_to_end(photo_root, tiny_checkpoints, tmp_path, capsy
     printed = capsys.readouterr().out
     assert code == 0
     assert "preprocessing: shorter side resized to 73 px, central 64x64 px crop" in printed
-    assert "5 of 9 photos localized against them; 3 have no annotation, 1 no box of their class" in printed
+    assert "5 of 9 photos localized against them; 3 have no annotation, 1 no box or mask of their class" in printed
     assert "6 boxes name no class of the folder" in printed
     assert "top-1 localization" in printed and "bootstrap over images" in printed
     report = json.loads((out / "eval.json").read_text())
