@@ -14,9 +14,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("cbam_viz.export", "export Grad-CAM heatmaps of both models for files, folders or globs"),
     "merge": ("cbam_viz.export_merge", "join the manifests of sharded export runs into one"),
     "bench": ("cbam_viz.bench", "measure compare/CAM/export speed against bare forward passes"),
-    "data": ("cbam_viz.data.build", "build the stamp-scenes asset pack and its fixed splits"),
-    "train": ("cbam_viz.train", "train ResNet50 or CBAM-ResNet50 on stamp scenes or photos (ImageFolder, ImageNet)"),
-    "eval": ("cbam_viz.evaluate", "accuracy and Grad-CAM localization of checkpoints on the test split"),
+    "data": ("cbam_viz.data.build", "build the stamp-scenes asset pack and its splits, or write them as an ImageFolder"),
+    "train": ("cbam_viz.train", "train a ResNet or CBAM-ResNet on stamp scenes or photos (ImageFolder, ImageNet)"),
+    "eval": ("cbam_viz.evaluate", "accuracy and Grad-CAM localization of checkpoints on stamp scenes or photos"),
     "familiarity": ("cbam_viz.familiarity_cli", "fit a checkpoint's familiarity detector, or measure every detector"),
 }
 

@@ -1,11 +1,13 @@
-"""`python -m cbam_viz eval`: accuracy and Grad-CAM localization of both models on the stamp-scenes test split.
+"""`python -m cbam_viz eval`: accuracy and Grad-CAM localization of both models on the stamp-scenes test split, or
+on a folder of photos (`--data DIR` with DIR/<split>/<class>/<image>, see `cbam_viz.photo_eval`).
 
 Per model: top-1, top-5, mean softmax P of the true class, pointing game (the CAM of the true class peaks within
 15 px of the object at 224 px, scaled to the scene size), energy in mask, and how often the peak lands on a
 distractor object instead. Prints a side-by-side table with the paired difference of CBAM from the baseline (a
 bootstrap interval, and McNemar's test for 0/1 metrics), the same by object size (thirds of the scenes by the
 object's share of the image: a coarse CAM's single peak misses small objects most easily), the familiarity score's
-distribution where the checkpoints carry a detector, writes JSON and a Sec. 4.3-style figure.
+distribution where the checkpoints carry a detector, writes JSON and a Sec. 4.3-style figure. `--road` adds grad-cam's
+ROAD faithfulness score of each model's own CAM (`cbam_viz.faithfulness`) on either data source.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from cbam_viz.cam import run_models
-from cbam_viz.checkpoints import load_pair
+from cbam_viz.checkpoints import LoadedModel, load_pair
 from cbam_viz.errors import CbamVizError
+from cbam_viz.faithfulness import ROAD_METRIC, road_cost, road_for_batch
 from cbam_viz.fileio import atomic_write_bytes
 from cbam_viz.metrics import energy_in_mask, peak, pointing_hit
 from cbam_viz.paired import RESAMPLES, PairedDifference, paired_differences
@@ -41,8 +44,23 @@ SIZE_METRICS = ("pointing", "top1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="dataset folder written by `data build`")
-    parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument(
+        "--data", required=True, type=Path,
+        help="dataset folder written by `data build`, or a photo folder DIR with DIR/<split>/<class>/<image>",
+    )
+    parser.add_argument("--split", help="split to evaluate (default: test for stamp scenes, val for photos)")
+    boxes = parser.add_mutually_exclusive_group()
+    boxes.add_argument(
+        "--boxes", type=Path,
+        help="photos: ground-truth boxes, a folder of VOC .xml files, a COCO .json or ImageNet's LOC_val_solution.csv",
+    )
+    boxes.add_argument("--masks", type=Path, help="photos: a folder of PNG masks mirroring the photos' paths")
+    parser.add_argument(
+        "--preprocess", choices=["center", "whole"],
+        help="photos: center crop (shorter side to 256/224 of the input, central square; default) or whole-image "
+        "resize",
+    )
+    parser.add_argument("--road", action="store_true", help="also score each CAM's faithfulness with ROAD (slow)")
     parser.add_argument("--baseline", type=Path, help="baseline checkpoint (default: bundled)")
     parser.add_argument("--cbam", type=Path, help="CBAM checkpoint (default: bundled)")
     parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for eval.json and the figure")
@@ -58,20 +76,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate(
-    split, models: dict, batch_size: int = 32, limit: int | None = None, input_size: int | None = None
+    split, models: dict, batch_size: int = 32, limit: int | None = None, input_size: int | None = None,
+    road: bool = False,
 ) -> dict:
     """Score every model on a materialized split; returns {model key: {metric: value}} plus per-scene records."""
     count = len(split) if limit is None else min(limit, len(split))
     if count == 0:
         raise CbamVizError("the split is empty")
-    sums = {key: dict.fromkeys((name for name, _ in METRICS), 0.0) for key in models}
+    sums = {key: dict.fromkeys((name for name, _ in scene_metrics(road)), 0.0) for key in models}
     per_scene = []
+    road_seconds = 0.0
     for start in tqdm(range(0, count, batch_size), desc="eval", unit="batch"):
         scenes = [split[i] for i in range(start, min(start + batch_size, count))]
         comparisons = run_models(
             [s.image for s in scenes], models, max_side=None, image_targets=[s.label for s in scenes],
             input_size=input_size,
         )
+        if road:
+            road_by_model, seconds = road_for_batch(models, [s.image for s in scenes], comparisons, input_size)
+            road_seconds += seconds
         for index, (scene, comparison) in enumerate(zip(scenes, comparisons), start=start):
             side = np.array(scene.mask.shape, dtype=float)
             record = {
@@ -82,6 +105,8 @@ def evaluate(
             }
             for key, res in comparison.results.items():
                 scores = scene_scores(res.probs, res.heatmaps[0], scene)
+                if road:
+                    scores["road"] = float(road_by_model[key][index - start])
                 for name, value in scores.items():
                     sums[key][name] += value
                 record[key] = {**scores, "peak": (np.array(peak(res.heatmaps[0])) / side).tolist()}
@@ -89,7 +114,12 @@ def evaluate(
                     record[key]["familiarity"] = res.familiarity.score
             per_scene.append(record)
     summary = {key: {name: value / count for name, value in totals.items()} for key, totals in sums.items()}
-    return {"count": count, "summary": summary, "scenes": per_scene}
+    return {"count": count, "summary": summary, "scenes": per_scene, "road_seconds": road_seconds}
+
+
+def scene_metrics(road: bool) -> tuple[tuple[str, str], ...]:
+    """The stamp-scene table's rows: METRICS, plus ROAD when asked for."""
+    return METRICS + ((ROAD_METRIC,) if road else ())
 
 
 def scene_scores(probs: np.ndarray, heatmap: np.ndarray, scene) -> dict[str, float]:
@@ -151,14 +181,19 @@ def format_size_table(groups: list[dict], names: dict[str, str]) -> str:
 
 
 def format_table(
-    summary: dict[str, dict[str, float]], names: dict[str, str], paired: dict[str, PairedDifference]
+    summary: dict[str, dict[str, float]],
+    names: dict[str, str],
+    paired: dict[str, PairedDifference],
+    metrics: tuple[tuple[str, str], ...] = METRICS,
+    unit: str = "scenes",
 ) -> str:
-    """A side-by-side text table, one column per model, then CBAM minus baseline with its 95% interval and p."""
+    """A side-by-side text table, one column per model, then CBAM minus baseline with its 95% interval and p; one
+    row per (metric, label) in `metrics`, the bootstrap over `unit` (scenes or images)."""
     keys = list(summary)
     header = (f"{'metric':32s}" + "".join(f"{names[k]:>16s}" for k in keys)
               + f"{'difference [95% interval]':>30s}   McNemar p (only {names['baseline']} / only {names['cbam']})")
     lines = [header, "-" * len(header)]
-    for metric, label in METRICS:
+    for metric, label in metrics:
         diff = paired[metric]
         test = ""
         if diff.p_value is not None:
@@ -169,7 +204,7 @@ def format_table(
             + f"{100 * diff.difference:+15.1f} [{100 * diff.low:+5.1f}, {100 * diff.high:+5.1f}]   {test}".rstrip()
         )
     lines.append(f"difference: {names['cbam']} minus {names['baseline']}, in points; interval: paired bootstrap "
-                 f"over scenes ({RESAMPLES:,} resamples)")
+                 f"over {unit} ({RESAMPLES:,} resamples)")
     return "\n".join(lines)
 
 
@@ -207,11 +242,42 @@ def format_familiarity(distribution: dict[str, dict | None], names: dict[str, st
 
 
 def run(args: argparse.Namespace) -> int:
-    from cbam_viz.data.splits import MaterializedSplit
-    from cbam_viz.figures import paper_figure
-
     if args.input_size is not None and args.input_size < 32:
         raise CbamVizError(f"--input-size must be at least 32 px: ResNet50 downsamples by 32 (got {args.input_size})")
+    source, args.split = data_source(args.data, args.split)
+    if source == "photos":
+        from cbam_viz.photo_eval import run_photos
+
+        return run_photos(args, load_pair(args.baseline, args.cbam, args.device))
+    if args.boxes or args.masks or args.preprocess:
+        raise CbamVizError("--boxes, --masks and --preprocess are for photo folders: stamp scenes carry their masks")
+    return run_stamps(args)
+
+
+def data_source(data: Path, split: str | None) -> tuple[str, str]:
+    """("stamps" or "photos", split): a split folder with index.jsonl or split.json is stamp scenes (default split
+    test), one without is a photo folder DIR/<split>/<class>/<image> (default split val)."""
+    if split is None:
+        photos = (data / "val").is_dir() and not is_stamp_split(data / "val") and not is_stamp_split(data / "test")
+        split = "val" if photos else "test"
+    folder = data / split
+    if not folder.is_dir():
+        raise CbamVizError(
+            f"no {split} split in {data}: expected stamp scenes ({folder}/index.jsonl, written by `data build`) or "
+            f"photos ({folder}/<class>/<image>)"
+        )
+    return ("stamps" if is_stamp_split(folder) else "photos"), split
+
+
+def is_stamp_split(folder: Path) -> bool:
+    """Whether `folder` is a split written by `data build` (it has index.jsonl or split.json)."""
+    return (folder / "index.jsonl").exists() or (folder / "split.json").exists()
+
+
+def run_stamps(args: argparse.Namespace) -> int:
+    """`eval` on a stamp-scenes split: the table, the table by object size, familiarity, JSON and the figure."""
+    from cbam_viz.data.splits import MaterializedSplit
+
     split = MaterializedSplit(args.data, args.split)
     models = load_pair(args.baseline, args.cbam, args.device)
     for key, loaded in models.items():
@@ -219,14 +285,17 @@ def run(args: argparse.Namespace) -> int:
             raise CbamVizError(f"the {key} checkpoint's classes do not match the dataset's ({loaded.meta.source})")
     started = time.perf_counter()
     with torch.inference_mode():
-        result = evaluate(split, models, args.batch_size, args.limit, args.input_size)
+        result = evaluate(split, models, args.batch_size, args.limit, args.input_size, args.road)
     names = {key: loaded.meta.display_name for key, loaded in models.items()}
-    paired = paired_differences(result["scenes"], [name for name, _ in METRICS], BINARY)
+    metrics = scene_metrics(args.road)
+    paired = paired_differences(result["scenes"], [name for name, _ in metrics], BINARY)
     input_sizes = {key: args.input_size or loaded.meta.input_size for key, loaded in models.items()}
     print(f"{args.split} split: {result['count']} scenes, dataset {split.pack_hash[:12]}, input "
           + " / ".join(f"{size} px" for size in input_sizes.values()))
     sizes = by_object_size(result["scenes"])
-    print(format_table(result["summary"], names, paired))
+    print(format_table(result["summary"], names, paired, metrics))
+    if args.road:
+        print(road_cost(result["count"], len(models), result["road_seconds"]))
     print(format_size_table(sizes, names))
     familiarity = familiarity_distribution(result["scenes"], models)
     print(format_familiarity(familiarity, names))
@@ -243,24 +312,33 @@ def run(args: argparse.Namespace) -> int:
         "familiarity": familiarity,
         "scenes": result["scenes"],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "eval.json", json.dumps(report, indent=1).encode())
-    rows = figure_rows(split, result["count"], args.figure_rows)
-    figure = run_models([split[i].image for i in rows], models, max_side=None,
-                        image_targets=[split[i].label for i in rows], input_size=args.input_size)
-    paper_figure(
-        [(c.image, c.results["baseline"], c.results["cbam"]) for c in figure],
-        args.out / "sec43_figure.png",
-        args.out / "sec43_figure.pdf",
-    )
-    print(f"wrote {args.out / 'eval.json'} and {args.out / 'sec43_figure.png'}")
+    rows = figure_rows(split.labels[: result["count"]], args.figure_rows)
+    write_outputs(args.out, report, [split[i].image for i in rows], [split[i].label for i in rows], models,
+                  args.input_size)
     return 0
 
 
-def figure_rows(split, count: int, rows: int) -> list[int]:
-    """A fixed sample: the first scene of `rows` distinct classes, in split order."""
+def write_outputs(
+    out: Path, report: dict, images: list, labels: list[int], models: dict[str, LoadedModel], input_size: int | None
+) -> None:
+    """Write eval.json and the Sec. 4.3-style figure of `images` (CAMs of their `labels`) into `out`."""
+    from cbam_viz.figures import paper_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "eval.json", json.dumps(report, indent=1).encode())
+    figure = run_models(images, models, max_side=None, image_targets=labels, input_size=input_size)
+    paper_figure(
+        [(c.image, c.results["baseline"], c.results["cbam"]) for c in figure],
+        out / "sec43_figure.png",
+        out / "sec43_figure.pdf",
+    )
+    print(f"wrote {out / 'eval.json'} and {out / 'sec43_figure.png'}")
+
+
+def figure_rows(labels: list[int], rows: int) -> list[int]:
+    """A fixed sample: the positions of the first image of `rows` distinct classes, in split order."""
     chosen, seen = [], set()
-    for i, label in enumerate(split.labels[:count]):
+    for i, label in enumerate(labels):
         if label not in seen:
             seen.add(label)
             chosen.append(i)

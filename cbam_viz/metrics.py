@@ -1,13 +1,17 @@
-"""Localization metrics for heatmaps: pointing game, energy in mask, attention/CAM agreement.
+"""Localization metrics for heatmaps: pointing game, energy in mask, box localization, attention/CAM agreement.
 
 Pointing game (Zhang et al., ECCV 2016): a hit when the heatmap's maximum lies within `tolerance` pixels of the
-object; the usual 15 px at 224 px input is scaled to the map's size by `pointing_tolerance`.
+object; the usual 15 px at 224 px input is scaled to the map's size by `pointing_tolerance`. Localization
+(Grad-CAM, Selvaraju et al., Sec. 4.1): the box around the largest region above 15% of the map's maximum must
+overlap a ground-truth box with IoU >= 0.5.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+LOCALIZATION_THRESHOLD = 0.15  # share of the CAM's maximum kept for its predicted box
 
 
 def pointing_tolerance(side: int, at_224: float = 15.0) -> float:
@@ -57,3 +61,37 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1)."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, width) * max(0.0, height)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def cam_box(heatmap: np.ndarray, threshold: float = LOCALIZATION_THRESHOLD) -> tuple[int, int, int, int] | None:
+    """The Grad-CAM paper's predicted box: threshold the map at `threshold` × its maximum and take the bounding box
+    (x0, y0, x1, y1, pixel edges) of the largest connected region; None for an all-zero map."""
+    heat = np.asarray(heatmap, dtype=np.float64)
+    top = heat.max()
+    if top <= 0:
+        return None
+    labels, count = ndimage.label(heat >= threshold * top)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    rows, cols = ndimage.find_objects(labels)[int(np.argmax(sizes))]
+    return cols.start, rows.start, cols.stop, rows.stop
+
+
+def localized(heatmap: np.ndarray, boxes: list[tuple[float, float, float, float]], min_iou: float = 0.5) -> bool:
+    """Weakly-supervised localization: the CAM's box overlaps some ground-truth box with IoU >= `min_iou`."""
+    predicted = cam_box(heatmap)
+    return predicted is not None and any(box_iou(predicted, box) >= min_iou for box in boxes)
+
+
+def mask_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """The bounding boxes (x0, y0, x1, y1) of a mask's connected regions: ground-truth boxes from a mask."""
+    labels, _ = ndimage.label(np.asarray(mask, dtype=bool))
+    return [(cols.start, rows.start, cols.stop, rows.stop) for rows, cols in ndimage.find_objects(labels)]

@@ -12,7 +12,17 @@ from cbam_viz.data.pack import AssetPack
 from cbam_viz.data.splits import MaterializedSplit, materialize_split
 from cbam_viz.data.synthetic import make_synthetic_pack
 from cbam_viz.evaluate import METRICS, by_object_size, format_size_table, format_table, scene_scores
-from cbam_viz.metrics import agreement, box_mask, energy_in_mask, pointing_hit, pointing_tolerance
+from cbam_viz.metrics import (
+    agreement,
+    box_iou,
+    box_mask,
+    cam_box,
+    energy_in_mask,
+    localized,
+    mask_boxes,
+    pointing_hit,
+    pointing_tolerance,
+)
 from cbam_viz.paired import PairedDifference
 from tests.conftest import make_checkpoint
 
@@ -64,6 +74,48 @@ def test_agreement_is_pearson():
 def test_box_mask_clips_and_orders():
     mask = box_mask((30, 20, -5, 5), (10, 25))
     assert mask.shape == (10, 25) and mask[5:10, 0:25].all() and not mask[0:5].any()
+
+
+def test_box_iou_by_hand():
+    # 10x10 boxes overlapping in a 5x5 square: 25 / (100 + 100 - 25)
+    assert box_iou((0, 0, 10, 10), (5, 5, 15, 15)) == pytest.approx(25 / 175)
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0  # touching edges share no area
+    assert box_iou((0, 0, 20, 10), (5, 0, 15, 10)) == pytest.approx(0.5)  # one inside the other
+
+
+def test_cam_box_keeps_15_percent_of_the_maximum_and_the_largest_region():
+    heat = np.zeros((100, 100))
+    heat[10:14, 10:14] = 1.0  # the peak: a small region
+    heat[50:90, 20:60] = 0.16  # above 15% of the maximum and the largest region: its box wins
+    heat[0:100, 95:100] = 0.14  # a larger area, but below the threshold
+    assert cam_box(heat) == (20, 50, 60, 90)
+    heat[0:100, 95:100] = 0.15  # exactly at the threshold: kept, but its 500 px lose to the 1600 px region
+    assert cam_box(heat) == (20, 50, 60, 90)
+    heat[50:90, 20:60] = 0.1  # the big region drops below 15%: the strip (500 px) is now the largest
+    assert cam_box(heat) == (95, 0, 100, 100)
+    assert cam_box(heat, threshold=0.5) == (10, 10, 14, 14)
+    assert cam_box(np.zeros((8, 8))) is None
+
+
+def test_localized_needs_iou_of_one_half():
+    heat = np.zeros((100, 100))
+    heat[20:60, 20:60] = 1.0  # predicted box (20, 20, 60, 60), area 1600
+    # ground truth (20, 20, 60, 100): intersection 1600, union 3200 -> IoU 0.5 exactly: localized
+    assert box_iou(cam_box(heat), (20, 20, 60, 100)) == pytest.approx(0.5)
+    assert localized(heat, [(20, 20, 60, 100)])
+    # (20, 20, 60, 101): union 3240 -> IoU 0.494: not localized, unless another box matches
+    assert not localized(heat, [(20, 20, 60, 101)])
+    assert localized(heat, [(20, 20, 60, 101), (18, 18, 62, 62)])
+    assert not localized(np.zeros((100, 100)), [(0, 0, 100, 100)])
+
+
+def test_mask_boxes_one_box_per_region():
+    mask = np.zeros((30, 40), bool)
+    mask[2:5, 3:9] = True
+    mask[20:28, 30:40] = True
+    assert sorted(mask_boxes(mask)) == [(3, 2, 9, 5), (30, 20, 40, 28)]
+    assert mask_boxes(np.zeros((4, 4), bool)) == []
 
 
 class FakeScene:
@@ -162,3 +214,25 @@ def test_eval_refuses_checkpoints_of_other_classes(tmp_path, tiny_checkpoints, c
     code = main(["eval", "--data", str(tmp_path / "data"), "--baseline", str(tiny_checkpoints["baseline"]),
                  "--cbam", str(tiny_checkpoints["cbam"]), "--out", str(tmp_path / "eval")])
     assert code == 2 and "classes do not match" in capsys.readouterr().err
+
+
+def test_eval_road_on_stamp_scenes(tmp_path, capsys):
+    pack = AssetPack.load(make_synthetic_pack(tmp_path / "data" / "pack", n_classes=3))
+    materialize_split(pack, tmp_path / "data", "test", per_class=1, size=64)
+    split = MaterializedSplit(tmp_path / "data", "test")
+    checkpoints = {
+        key: make_checkpoint(tmp_path / f"{key}.safetensors", arch, seed, class_names=split.class_names)
+        for key, arch, seed in (("baseline", "resnet50", 0), ("cbam", "resnet50-cbam", 1))
+    }
+    out = tmp_path / "eval"
+    code = main(["eval", "--data", str(tmp_path / "data"), "--baseline", str(checkpoints["baseline"]),
+                 "--cbam", str(checkpoints["cbam"]), "--out", str(out), "--limit", "2", "--figure-rows", "1",
+                 "--road"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    rows = [line[:32].strip() for line in printed.splitlines()]
+    assert rows[3:10] == [label for _, label in METRICS] + ["ROAD, P (LeRF - MoRF) / 2"]
+    assert "ROAD: 36 forward passes and 18 imputations per image and model" in printed
+    report = json.loads((out / "eval.json").read_text())
+    for key in ("baseline", "cbam"):
+        assert report["summary"][key]["road"] == pytest.approx(np.mean([s[key]["road"] for s in report["scenes"]]))
