@@ -48,7 +48,6 @@ from PIL import Image, ImageDraw
 from cbam_viz.cam import (
     LAYERS,
     METHODS,
-    Comparison,
     ModelResult,
     fast_gradcam,
     resolve_target,
@@ -185,11 +184,6 @@ class LRU:
                         del self._inflight[key]
         return value
 
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self._weight = 0.0
-
 
 @dataclass(frozen=True)
 class SourceImage:
@@ -210,10 +204,6 @@ class Analysis:
     target: str
     method: str
     layer: str
-
-    @property
-    def comparison(self) -> Comparison:
-        return Comparison(self.image, self.results)
 
     @property
     def scale(self) -> float:
@@ -653,14 +643,6 @@ def caption_markdown(result: ModelResult) -> str:
 def top5_label(result: ModelResult) -> dict[str, float]:
     """The top-5 as gr.Label wants it: {class: probability}."""
     return {p.label: round(p.prob, 6) for p in result.top5}
-
-
-def stage_blocks(attention_or_result: Any) -> dict[str, list[str]]:
-    """Block names per stage, e.g. {'layer1': ['layer1.0', 'layer1.1', 'layer1.2'], ...}."""
-    attention = getattr(attention_or_result, "attention", attention_or_result)
-    if attention is None:
-        return {}
-    return {stage: attention.stage(int(stage[-1])) for stage in LAYERS}
 
 
 def pick_block(attention: Any, stage: str, block: object) -> str:

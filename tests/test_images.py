@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, features
 
 from cbam_viz.errors import CbamVizError
-from cbam_viz.images import MAX_FILE_BYTES, MAX_PIXELS, ImageError, image_to_array, load_image
+from cbam_viz.images import MAX_FILE_BYTES, MAX_PIXELS, ImageError, load_image
 from cbam_viz.render import colorize, overlay
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
@@ -464,13 +464,13 @@ def test_pil_image_input_is_not_modified_and_lazy_files_are_checked(tmp_path):
         expect_error(tmp_path, lazy, "cut.jpg is truncated or corrupt.")
 
 
-def test_image_to_array():
+def test_pil_images_are_converted_to_rgb_as_files_are():
     img = Image.new("RGBA", (5, 2), (0, 0, 255, 255))
     img.putpixel((0, 0), (0, 255, 0, 0))
-    arr = image_to_array(img)
-    assert arr.shape == (2, 5, 3) and arr.dtype == np.uint8 and arr.flags.writeable
+    arr = np.asarray(load_image(img))
+    assert arr.shape == (2, 5, 3) and arr.dtype == np.uint8
     assert arr[0, 0].tolist() == list(WHITE) and arr[1, 4].tolist() == list(BLUE)
-    assert image_to_array(Image.new("L", (1, 1), 9)).tolist() == [[[9, 9, 9]]]
+    assert np.asarray(load_image(Image.new("L", (1, 1), 9))).tolist() == [[[9, 9, 9]]]
 
 
 # ------------------------------------------------------------------------------------------------ overlays
