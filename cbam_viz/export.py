@@ -51,7 +51,7 @@ from cbam_viz.export_merge import (
 )
 from cbam_viz.fileio import atomic_path, atomic_write_bytes, is_within, sha256_file
 from cbam_viz.images import load_image
-from cbam_viz.render import COLORMAPS, _lut_bgr, overlay
+from cbam_viz.render import COLORMAPS, check_colormap, overlay
 
 MODEL_KEYS = ("baseline", "cbam")
 IMAGE_SUFFIXES = frozenset(
@@ -630,10 +630,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise CbamVizError("--size must be a positive number of pixels")
     if not 0.0 <= args.opacity <= 1.0:
         raise CbamVizError("--opacity must be between 0 and 1")
-    try:
-        _lut_bgr(args.colormap)
-    except ValueError as err:
-        raise CbamVizError(str(err)) from None
+    check_colormap(args.colormap)
     return Settings(
         method=args.method,
         layer=args.layer,

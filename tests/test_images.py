@@ -495,12 +495,12 @@ def test_opacity_0_gives_the_image_unchanged_and_1_the_colormap():
 def test_overlay_keeps_grad_cams_colours_and_resizes_the_heatmap():
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    from cbam_viz.render import _lut_bgr
+    from cbam_viz.render import colormap_lut
 
     heat = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     for name in ("jet", "inferno", "coolwarm"):
         # heatmap only: grad-cam's maximum rescale is a no-op where the colormap reaches 255 in some channel
-        theirs = show_cam_on_image(np.zeros((8, 8, 3), np.float32), heat, True, _lut_bgr(name), image_weight=0.0)
+        theirs = show_cam_on_image(np.zeros((8, 8, 3), np.float32), heat, True, colormap_lut(name), image_weight=0.0)
         assert np.array_equal(colorize(heat, name), theirs), name
         assert np.array_equal(np.asarray(overlay(Image.new("RGB", (8, 8)), heat, 1.0, name)), theirs), name
     big = overlay(Image.new("RGB", (32, 16), WHITE), np.eye(4, dtype=np.float32), 0.7)
