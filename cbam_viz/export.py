@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cbam_viz.cam import LAYERS, METHODS, ModelResult, resolve_target, run_models
+from cbam_viz.cam import LAYERS, METHODS, ModelResult, check_method_layer, resolve_target, run_models
 from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, LoadedModel, load_checkpoint
 from cbam_viz.cli import standalone
 from cbam_viz.errors import CbamVizError
@@ -618,10 +618,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    if args.method not in METHODS:
-        raise CbamVizError(f"unknown CAM method {args.method!r}; choose one of {', '.join(METHODS)}")
-    if args.layer not in LAYERS:
-        raise CbamVizError(f"unknown layer {args.layer!r}; choose one of {', '.join(LAYERS)}")
+    method, layer = check_method_layer(args.method, args.layer)
     if args.batch_size < 1:
         raise CbamVizError("--batch-size must be at least 1")
     if args.workers < 1:
@@ -632,8 +629,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise CbamVizError("--opacity must be between 0 and 1")
     check_colormap(args.colormap)
     return Settings(
-        method=args.method,
-        layer=args.layer,
+        method=method,
+        layer=layer,
         target=str(args.target),
         max_side=args.size or DEFAULT_MAX_SIDE,
         opacity=args.opacity,

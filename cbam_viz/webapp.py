@@ -46,16 +46,19 @@ import torch
 from PIL import Image, ImageDraw
 
 from cbam_viz.cam import (
+    DEFAULT_LAYER,
+    DEFAULT_METHOD,
     LAYERS,
     METHODS,
     ModelResult,
-    fast_gradcam,
+    check_method_layer,
+    from_features,
     resolve_target,
     run_models,
     upsample,
 )
 from cbam_viz.checkpoints import LoadedModel
-from cbam_viz.errors import CbamVizError
+from cbam_viz.errors import ECHO_CHARS, CbamVizError, echo
 from cbam_viz.familiarity import SCORE_NAMES
 from cbam_viz.figures import paper_figure
 from cbam_viz.fileio import atomic_write_bytes, is_within
@@ -65,13 +68,10 @@ from cbam_viz.models import branch_channels
 from cbam_viz.render import COLORMAPS, overlay
 
 TOP1 = "top1"
-DEFAULT_METHOD = "gradcam"
-DEFAULT_LAYER = "layer4"
 MODEL_KEYS = ("baseline", "cbam")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 MASK_SUFFIX = ".mask.png"
 MAX_FIGURE_ROWS = 8
-ECHO_CHARS = 80  # user text quoted back in a message is clipped to this
 # Methods that run the model once per channel of the explained layer (256 at layer1 to 2048 at layer4): at most
 # one such request runs at a time, and one whose estimated time exceeds Studio.slow_seconds is refused.
 SLOW_METHODS = ("scorecam",)
@@ -237,22 +237,9 @@ def normalise_target(target: object) -> str:
     return text
 
 
-def echo(text: object, limit: int = ECHO_CHARS) -> str:
-    """User input quoted for a message, clipped to `limit` characters (a pasted page must not come back whole)."""
-    text = str(text)
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}… ({len(text)} characters)"
-
-
 def check_controls(method: object, layer: object, opacity: object = 0.5, colormap: object = "jet") -> tuple:
     """Validate the rendering controls as they arrive from a form or an API call; CbamVizError says what is wrong."""
-    method = str(method or DEFAULT_METHOD).strip().lower()
-    if method not in METHODS:
-        raise CbamVizError(f"unknown CAM method {echo(method)}; choose one of {', '.join(METHODS)}")
-    layer = str(layer or DEFAULT_LAYER).strip().lower()
-    if layer not in LAYERS:
-        raise CbamVizError(f"unknown layer {echo(layer)}; choose one of {', '.join(LAYERS)}")
+    method, layer = check_method_layer(method, layer)
     try:
         opacity = float(0.5 if opacity is None else opacity)
     except (TypeError, ValueError):
@@ -493,16 +480,14 @@ class Studio:
     def _result(
         self, source: SourceImage, key: str, method: str, layer: str, index: int, base: ModelResult, shown: Image.Image
     ) -> ModelResult:
-        fast = method == DEFAULT_METHOD and layer == DEFAULT_LAYER
-        if fast and base.targets == [index]:
+        if (base.method, base.layer, base.targets) == (method, layer, [index]):
             return base
         loaded = self.models[key]
 
         def compute() -> ModelResult:
-            if fast:  # exact layer4 Grad-CAM of another class from the cached features: no model call
-                weight = loaded.model.fc.weight.detach().cpu()
-                cams = fast_gradcam(weight, base.features[None], torch.tensor([[index]]))[0].numpy()
-                return dataclasses.replace(base, targets=[index], cams=cams, heatmaps=upsample(cams, shown.size))
+            known = from_features(loaded, base, method, layer, index, shown.size)
+            if known is not None:
+                return known
             self._count(1)
             comparison = run_models(
                 [source.image], {key: loaded}, target=index, method=method, layer=layer, max_side=self.max_side
