@@ -36,6 +36,7 @@ from starlette.responses import PlainTextResponse  # noqa: E402
 from cbam_viz.allocator import return_freed_memory  # noqa: E402
 from cbam_viz.cam import LAYERS, METHODS  # noqa: E402
 from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, load_pair  # noqa: E402
+from cbam_viz.devices import resolve_device  # noqa: E402
 from cbam_viz.errors import CbamVizError  # noqa: E402
 from cbam_viz.figures import channel_attention_figure  # noqa: E402
 from cbam_viz.images import ImageError  # noqa: E402
@@ -590,12 +591,7 @@ def _rel(path: Path) -> str:
 
 def load_studio(args: argparse.Namespace) -> Studio:
     """Load both checkpoints once; CbamVizError (missing or bad file, no CUDA) says what to do."""
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CbamVizError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
-    models = load_pair(args.baseline, args.cbam, args.device)
+    models = load_pair(args.baseline, args.cbam, resolve_device(args.device))
     return Studio(models, examples_dir=args.examples, cache_mb=args.cache_mb, slow_seconds=args.slow_seconds)
 
 

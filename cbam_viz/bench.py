@@ -40,7 +40,8 @@ from cbam_viz.cam import compare, preprocess, run_models
 from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, LoadedModel, ModelMeta, load_checkpoint
 from cbam_viz.cli import standalone
 from cbam_viz.errors import CbamVizError
-from cbam_viz.export import ExportModel, Settings, discover, export, resolve_device
+from cbam_viz.devices import resolve_device
+from cbam_viz.export import ExportModel, Settings, discover, export
 from cbam_viz.familiarity import DEFAULT_K, DEFAULT_TRAIN_IMAGES, Familiarity
 from cbam_viz.models import build_model
 

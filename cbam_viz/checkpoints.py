@@ -304,6 +304,7 @@ def preview_names(keys: list[str], limit: int = 4) -> str:
     return shown + (f", … {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+MODEL_KEYS = ("baseline", "cbam")  # the two models every comparison holds, in the order they are shown
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_CHECKPOINTS = {
     "baseline": WEIGHTS_DIR / "resnet50_baseline.safetensors",

@@ -38,8 +38,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from cbam_viz.cam import LAYERS, METHODS, ModelResult, check_method_layer, resolve_target, run_models
-from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, LoadedModel, load_checkpoint
+from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, MODEL_KEYS, LoadedModel, load_checkpoint
 from cbam_viz.cli import standalone
+from cbam_viz.devices import resolve_device
 from cbam_viz.errors import CbamVizError
 from cbam_viz.export_merge import (
     COLUMNS,
@@ -53,7 +54,6 @@ from cbam_viz.fileio import atomic_path, atomic_write_bytes, is_within, sha256_f
 from cbam_viz.images import load_image
 from cbam_viz.render import COLORMAPS, check_colormap, overlay
 
-MODEL_KEYS = ("baseline", "cbam")
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".mpo"}
 )
@@ -266,25 +266,6 @@ def parse_shard(text: str | None, environ: dict[str, str] | None = None) -> tupl
     if n < 1 or not 0 <= k < n:
         raise CbamVizError(f"{source} {k}/{n}: K must be between 0 and N-1, and N at least 1")
     return k, n
-
-
-def resolve_device(name: str, environ: dict[str, str] | None = None) -> torch.device:
-    """cpu, cuda or cuda:N; under torchrun plain `cuda` means this rank's LOCAL_RANK GPU."""
-    environ = os.environ if environ is None else environ
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CbamVizError(f"unknown device {name!r}; use cpu or cuda") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CbamVizError("--device cuda: this PyTorch build has no usable CUDA GPU; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", int(environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        elif device.index >= torch.cuda.device_count():
-            raise CbamVizError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    elif device.type != "cpu":
-        raise CbamVizError(f"unsupported device {name!r}; use cpu or cuda")
-    return device
 
 
 def parse_models(text: str) -> list[str]:

@@ -57,7 +57,7 @@ from cbam_viz.cam import (
     run_models,
     upsample,
 )
-from cbam_viz.checkpoints import LoadedModel
+from cbam_viz.checkpoints import MODEL_KEYS, LoadedModel
 from cbam_viz.errors import ECHO_CHARS, CbamVizError, echo
 from cbam_viz.familiarity import SCORE_NAMES
 from cbam_viz.figures import paper_figure
@@ -68,7 +68,6 @@ from cbam_viz.models import branch_channels
 from cbam_viz.render import COLORMAPS, overlay
 
 TOP1 = "top1"
-MODEL_KEYS = ("baseline", "cbam")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 MASK_SUFFIX = ".mask.png"
 MAX_FIGURE_ROWS = 8
