@@ -1,6 +1,6 @@
 """CBAM Grad-CAM Studio: where ResNet50 and CBAM-ResNet50 look, side by side, and how CBAM's attention changes it.
 
-    python app.py                       # http://127.0.0.1:7860 with weights/resnet50_{baseline,cbam}.safetensors
+    python app.py                       # http://127.0.0.1:7860 with the bundled weights (cbam_viz.weights)
     python app.py --host 0.0.0.0 --port 8080 --baseline a.safetensors --cbam b.pth --device cuda
 
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT set the defaults of --host / --port, CBAM_VIZ_BASELINE / CBAM_VIZ_CBAM
@@ -35,12 +35,13 @@ from starlette.responses import PlainTextResponse  # noqa: E402
 
 from cbam_viz.allocator import return_freed_memory  # noqa: E402
 from cbam_viz.cam import LAYERS, METHODS  # noqa: E402
-from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, load_pair  # noqa: E402
+from cbam_viz.checkpoints import load_pair  # noqa: E402
 from cbam_viz.devices import resolve_device  # noqa: E402
 from cbam_viz.errors import CbamVizError  # noqa: E402
 from cbam_viz.figures import channel_attention_figure  # noqa: E402
 from cbam_viz.images import ImageError  # noqa: E402
 from cbam_viz.render import COLORMAPS  # noqa: E402
+from cbam_viz.weights import BUNDLED, WEIGHTS_ENV  # noqa: E402
 from cbam_viz.webapp import (  # noqa: E402
     ATTENTION_CAPTION,
     CACHE_MB,
@@ -543,9 +544,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=_port(env.get("GRADIO_SERVER_PORT")),
                         help="port (default 7860, or $GRADIO_SERVER_PORT)")
     parser.add_argument("--baseline", type=Path, default=env.get("CBAM_VIZ_BASELINE") or None,
-                        help=f"ResNet50 checkpoint (default {_rel(DEFAULT_CHECKPOINTS['baseline'])})")
+                        help=f"ResNet50 checkpoint (default: the bundled {BUNDLED['baseline'].file_name}, "
+                        f"looked for in ${WEIGHTS_ENV}, then the checkout's weights/)")
     parser.add_argument("--cbam", type=Path, default=env.get("CBAM_VIZ_CBAM") or None,
-                        help=f"CBAM-ResNet50 checkpoint (default {_rel(DEFAULT_CHECKPOINTS['cbam'])})")
+                        help=f"CBAM-ResNet50 checkpoint (default: the bundled {BUNDLED['cbam'].file_name}, "
+                        f"looked for in ${WEIGHTS_ENV}, then the checkout's weights/)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models run")
     parser.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="upload size limit (default 50mb)")
     parser.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue")
@@ -580,13 +583,6 @@ def _positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number, at least 1, not {value[:80]!r}")
     return number
-
-
-def _rel(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def load_studio(args: argparse.Namespace) -> Studio:

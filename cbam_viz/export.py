@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cbam_viz.cam import LAYERS, METHODS, ModelResult, check_method_layer, resolve_target, run_models
-from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, MODEL_KEYS, LoadedModel, load_checkpoint
+from cbam_viz.checkpoints import MODEL_KEYS, LoadedModel, load_checkpoint
 from cbam_viz.cli import standalone
 from cbam_viz.devices import resolve_device
 from cbam_viz.errors import CbamVizError
@@ -53,6 +53,7 @@ from cbam_viz.export_merge import (
 from cbam_viz.fileio import atomic_path, atomic_write_bytes, is_within, sha256_file
 from cbam_viz.images import load_image
 from cbam_viz.render import COLORMAPS, check_colormap, overlay
+from cbam_viz.weights import BUNDLED, WEIGHTS_ENV, weights_folders
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".mpo"}
@@ -288,10 +289,11 @@ def load_models(keys: Sequence[str], paths: dict[str, str | None], device: torch
     """Load the selected models and check the target against each of them."""
     models: dict[str, ExportModel] = {}
     for key in keys:
-        path = paths.get(key) or DEFAULT_CHECKPOINTS[key]
-        if not Path(path).is_file():
+        path = paths.get(key) or BUNDLED[key].find()
+        if path is None or not Path(path).is_file():
+            missing = path or f"{BUNDLED[key].file_name} is in none of {', '.join(map(str, weights_folders()))}"
             raise CbamVizError(
-                f"checkpoint for the {key} model not found: {path} (pass --{key} PATH, or --models to export fewer)"
+                f"checkpoint for the {key} model not found: {missing} (pass --{key} PATH, or --models to export fewer)"
             )
         loaded = load_checkpoint(path, device)
         targets = resolve_target(settings.target, loaded.meta, np.zeros(loaded.meta.num_classes, dtype=np.float32))
@@ -581,8 +583,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", default="layer4", help=f"layer to explain: {', '.join(LAYERS)} (default layer4)")
     parser.add_argument("--target", default="top1", help="class to explain: top1, a class name or an index")
     parser.add_argument("--models", default=",".join(MODEL_KEYS), help="which models: baseline,cbam (default both)")
-    parser.add_argument("--baseline", metavar="PATH", help="baseline checkpoint (default weights/…baseline…)")
-    parser.add_argument("--cbam", metavar="PATH", help="CBAM checkpoint (default weights/…cbam…)")
+    for key in MODEL_KEYS:
+        bundled = f"the bundled {BUNDLED[key].file_name}, looked for in ${WEIGHTS_ENV}, then the checkout's weights/"
+        parser.add_argument(f"--{key}", metavar="PATH", help=f"{key} checkpoint (default: {bundled})")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(
