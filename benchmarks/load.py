@@ -762,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         failed |= soaked.end["hooks"] != soaked.start["hooks"]
         failed |= soaked.end["fds"] is not None and soaked.end["fds"] > soaked.warm["fds"] + 5
         if not args.url:  # nothing in the cache outlives its age by more than one pruning round (and some slack)
-            from app import cache_schedule
+            from cbam_viz.app.served import cache_schedule
 
             failed |= max(soaked.oldest, default=0.0) > sum(cache_schedule(args.cache_seconds)) + 10
         load = os.getloadavg()

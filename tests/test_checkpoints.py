@@ -22,7 +22,7 @@ from cbam_viz.checkpoints import (
 )
 from cbam_viz.models import ARCHS, DEPTHS, build_model
 from cbam_viz.weights import BUNDLED
-from cbam_viz.webapp import model_info_markdown
+from cbam_viz.app.views import model_info_markdown
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 X_SMALL = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -15,7 +15,8 @@ from cbam_viz.checkpoints import ModelMeta, load_pair, save_checkpoint
 from cbam_viz.cli import main
 from cbam_viz.dataset import AssetPack, MaterializedSplit, make_synthetic_pack, materialize_split
 from cbam_viz.models import build_model
-from cbam_viz.webapp import Studio, attention_overlay, model_info_markdown
+from cbam_viz.app.studio import Studio
+from cbam_viz.app.views import attention_overlay, model_info_markdown
 
 
 @pytest.fixture(scope="module")
