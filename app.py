@@ -33,6 +33,7 @@ MAX_FILE_SIZE = "50mb"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with defaults from the environment (see the module docstring)."""
     env = os.environ
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME") or "127.0.0.1",
@@ -88,6 +89,7 @@ def load_studio(args: argparse.Namespace) -> Studio:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Load both models, build the page and serve it until stopped; 2 when the models cannot be loaded."""
     args = parse_args(argv)
     if args.mcp and importlib.util.find_spec("mcp") is None:
         print("error: --mcp needs the mcp package: pip install '.[mcp]' (or 'mcp>=1.21,<2')", file=sys.stderr)

@@ -208,7 +208,8 @@ def test_slow_methods_run_one_at_a_time_and_only_within_their_time_limit(tiny_mo
     studio.base(source)
     assert studio.forward_seconds and studio.forward_seconds > 0
     passes, seconds = studio.slow_estimate("scorecam", "layer4")
-    assert passes == 2048 and seconds == pytest.approx(2 * 2048 * studio_module.SLOW_PASS_SHARE * studio.forward_seconds)
+    share = studio_module.SLOW_PASS_SHARE
+    assert passes == 2048 and seconds == pytest.approx(2 * 2048 * share * studio.forward_seconds)
     assert studio.slow_estimate("scorecam", "layer1")[0] == 256
 
     studio.slow_seconds = seconds / 2  # refused before any model runs, saying why

@@ -5,4 +5,4 @@
 
 import os
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # set before any module here imports Gradio: never phone home
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before any module here imports Gradio: no phoning home

@@ -73,6 +73,7 @@ class LRU:
             return key in self._data
 
     def get(self, key: Hashable, default: Any = None) -> Any:
+        """The value held for `key` (now the most recently used), or `default`."""
         with self._lock:
             if key not in self._data:
                 return default
@@ -80,6 +81,7 @@ class LRU:
             return self._data[key]
 
     def put(self, key: Hashable, value: Any) -> None:
+        """Hold `value` for `key`, evicting the least recently used entries past the size or the weight budget."""
         with self._lock:
             if key in self._data:
                 self._weight -= self._weigh(self._data[key])
@@ -96,6 +98,7 @@ class LRU:
         return float(self.weigh(value)) if self.weigh is not None else 0.0
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The value for `key`, computed by `compute` if absent; other threads asking for the same key wait for it."""
         missing = object()
         value = self.get(key, missing)
         if value is not missing:

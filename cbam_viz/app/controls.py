@@ -77,4 +77,5 @@ def parse_box(text: object) -> tuple[float, float, float, float] | None:
 
 
 def format_box(box: Sequence[float]) -> str:
+    """A box as the box field shows it: 'x0, y0, x1, y1' with no trailing zeros."""
     return ", ".join(f"{v:g}" for v in box)

@@ -30,6 +30,7 @@ class ExportFolder:
         self.keep_seconds = keep_seconds
 
     def new(self) -> Path:
+        """A new empty subfolder for one export; subfolders older than keep_seconds are deleted first."""
         now = time.time()
         for old in self.root.iterdir():
             try:
@@ -42,6 +43,7 @@ class ExportFolder:
         return folder
 
     def cleanup(self) -> None:
+        """Delete the folder and every export in it (when the server stops)."""
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -50,9 +50,11 @@ class Handlers:
         self.empty_page = (gr.Markdown(visible=False), None, "", None, None, "", None, None, None, "")
 
     def open_upload(self, payload: Any) -> SourceImage | None:
+        """The uploaded image a payload names (None when empty); only files in Gradio's upload folder are accepted."""
         return self.studio.open_upload(payload, within=self.uploads)
 
     def require(self, payload: Any) -> SourceImage:
+        """As `open_upload`, but a missing image is a CbamVizError saying how to give one."""
         source = self.open_upload(payload)
         if source is None:
             raise CbamVizError("no image yet: upload one, paste one, or pick an example")

@@ -101,6 +101,7 @@ class StudioBlocks(gr.Blocks):
     cache_seconds: int | None = None  # None: no pruning
 
     def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
+        """Fill missing trailing inputs with the handler's defaults and check file inputs, then Gradio's checks."""
         if len(inputs) < len(block_fn.inputs) and block_fn.fn is not None:
             params = list(inspect.signature(block_fn.fn).parameters.values())[len(inputs) : len(block_fn.inputs)]
             required = [p.name for p in params if p.default is inspect.Parameter.empty]
@@ -121,6 +122,7 @@ class StudioBlocks(gr.Blocks):
         super().validate_inputs(block_fn, inputs)
 
     def launch(self, *args: Any, app_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Gradio's launch, with the upload-part middleware and the cache-pruning lifespan added."""
         app_kwargs = dict(app_kwargs or {})
         app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(UnnamedUploadPart)]
         app_kwargs.setdefault("lifespan", self._prune_folders)
