@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import cv2
 import matplotlib
@@ -10,19 +11,19 @@ import numpy as np
 from PIL import Image
 from pytorch_grad_cam.utils.image import scale_cam_image
 
-from cbam_viz.errors import CbamVizError
+from cbam_viz.errors import CbamVizError, echo
 
 COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "plasma", "coolwarm")
 
 
 class ColormapError(CbamVizError, ValueError):
-    """A colormap name matplotlib does not know."""
+    """A colormap name matplotlib does not know, or one outside the choices offered."""
 
 
-def check_colormap(colormap: str) -> str:
-    """`colormap` if matplotlib knows it; ColormapError names some that it does otherwise."""
-    if colormap not in matplotlib.colormaps:
-        raise ColormapError(f"unknown colormap {colormap!r}; try one of {', '.join(COLORMAPS)}")
+def check_colormap(colormap: str, choices: Sequence[str] | None = None) -> str:
+    """`colormap` if matplotlib knows it (and it is one of `choices`, when given); ColormapError lists some."""
+    if colormap not in (matplotlib.colormaps if choices is None else choices):
+        raise ColormapError(f"unknown colormap {echo(colormap)}; choose one of {', '.join(choices or COLORMAPS)}")
     return colormap
 
 

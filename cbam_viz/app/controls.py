@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from cbam_viz.cam import check_method_layer
 from cbam_viz.errors import CbamVizError, echo
 from cbam_viz.images import MAX_PIXELS
-from cbam_viz.render import COLORMAPS
+from cbam_viz.render import COLORMAPS, check_colormap
 
 
 TOP1 = "top1"
@@ -32,10 +32,7 @@ def check_controls(method: object, layer: object, opacity: object = 0.5, colorma
         raise CbamVizError(f"opacity must be a number from 0 to 1, not {echo(opacity)}") from None
     if not 0.0 <= opacity <= 1.0:
         raise CbamVizError(f"opacity must be from 0 to 1, not {opacity}")
-    colormap = str(colormap or "jet").strip()
-    if colormap not in COLORMAPS:
-        raise CbamVizError(f"unknown colormap {echo(colormap)}; choose one of {', '.join(COLORMAPS)}")
-    return method, layer, opacity, colormap
+    return method, layer, opacity, check_colormap(str(colormap or "jet").strip(), COLORMAPS)
 
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
