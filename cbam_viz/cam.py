@@ -171,9 +171,7 @@ def from_features(
         return None
     weight = loaded.model.fc.weight.detach().cpu()
     cams = fast_gradcam(weight, result.features[None], torch.tensor([[index]]))[0].numpy()
-    return replace(
-        result, targets=[index], cams=cams, heatmaps=upsample(cams, size), method=method, layer=layer
-    )
+    return replace(result, targets=[index], cams=cams, heatmaps=upsample(cams, size), method=method, layer=layer)
 
 
 def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
