@@ -706,14 +706,15 @@ def main(argv: list[str] | None = None) -> int:
                         "(default 60; the app's own default is 1800)")
     args = parser.parse_args(argv)
 
-    from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, load_pair
+    from cbam_viz.checkpoints import load_pair
+    from cbam_viz.weights import BUNDLED
     from tests.conftest import random_image
 
     work = Path(tempfile.mkdtemp(prefix="cbam-load-"))
     if args.baseline and args.cbam:
         baseline, cbam, which = args.baseline, args.cbam, "given checkpoints"
-    elif all(Path(p).is_file() for p in DEFAULT_CHECKPOINTS.values()):
-        baseline, cbam, which = DEFAULT_CHECKPOINTS["baseline"], DEFAULT_CHECKPOINTS["cbam"], "bundled weights"
+    elif all(weights.find() for weights in BUNDLED.values()):
+        baseline, cbam, which = BUNDLED["baseline"].path(), BUNDLED["cbam"].path(), "bundled weights"
     else:
         baseline, cbam = tiny_checkpoints(work)
         which = "tiny random-weight checkpoints (no bundled weights found; 64 px input)"
@@ -761,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         failed |= soaked.end["hooks"] != soaked.start["hooks"]
         failed |= soaked.end["fds"] is not None and soaked.end["fds"] > soaked.warm["fds"] + 5
         if not args.url:  # nothing in the cache outlives its age by more than one pruning round (and some slack)
-            from app import cache_schedule
+            from cbam_viz.app.served import cache_schedule
 
             failed |= max(soaked.oldest, default=0.0) > sum(cache_schedule(args.cache_seconds)) + 10
         load = os.getloadavg()

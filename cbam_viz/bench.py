@@ -13,7 +13,7 @@ figure is the median over rounds, so background load hits every variant alike. R
     export throughput (real files in a temp dir) / bare batched forwards ...... goal >= 0.85
     CBAM-ResNet50 forward / ResNet50 forward at batch 1 ....................... goal <= 1.15
 
-Without checkpoints (none given and none in weights/) both models get random weights with ImageNet shapes.
+Without checkpoints (none given, no bundled ones found: see cbam_viz.weights) both get random ImageNet-shaped weights.
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ import torch
 from PIL import Image
 
 from cbam_viz.cam import compare, preprocess, run_models
-from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, LoadedModel, ModelMeta, load_checkpoint
+from cbam_viz.checkpoints import LoadedModel, ModelMeta, load_checkpoint
 from cbam_viz.cli import standalone
+from cbam_viz.devices import resolve_device
 from cbam_viz.errors import CbamVizError
-from cbam_viz.export import ExportModel, Settings, discover, export, resolve_device
+from cbam_viz.export import ExportModel, Settings, discover, export
 from cbam_viz.familiarity import DEFAULT_K, DEFAULT_TRAIN_IMAGES, Familiarity
 from cbam_viz.models import build_model
+from cbam_viz.weights import BUNDLED
 
 GOALS = {  # figure -> (comparison, bound)
     "compare_ratio": ("<=", 1.15),
@@ -59,8 +61,9 @@ GOALS = {  # figure -> (comparison, bound)
 def bench_models(baseline: str | None, cbam: str | None, size: int, device: torch.device) -> tuple[dict, str]:
     """Checkpoints if given or bundled, else random-weight ImageNet-shaped models; input size set to `size`."""
     paths = {"baseline": baseline, "cbam": cbam}
-    if not baseline and not cbam and all(p.is_file() for p in DEFAULT_CHECKPOINTS.values()):
-        paths = {k: str(p) for k, p in DEFAULT_CHECKPOINTS.items()}
+    bundled = {key: weights.find() for key, weights in BUNDLED.items()}
+    if not baseline and not cbam and all(bundled.values()):
+        paths = {key: str(path) for key, path in bundled.items()}
     if any(paths.values()) and not all(paths.values()):
         raise CbamVizError("give both --baseline and --cbam, or neither (random weights)")
     models: dict[str, LoadedModel] = {}
@@ -370,8 +373,8 @@ def table(result: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--baseline", metavar="PATH", help="baseline checkpoint (default: weights/, else random)")
-    parser.add_argument("--cbam", metavar="PATH", help="CBAM checkpoint (default: weights/, else random)")
+    parser.add_argument("--baseline", metavar="PATH", help="baseline checkpoint (default: bundled, else random)")
+    parser.add_argument("--cbam", metavar="PATH", help="CBAM checkpoint (default: bundled, else random)")
     parser.add_argument("--size", type=int, default=224, help="model input size in pixels (default 224)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; figures are medians (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

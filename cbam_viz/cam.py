@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from cbam_viz.attention import AttentionMaps, capture_attention
 from cbam_viz.checkpoints import LoadedModel, ModelMeta
-from cbam_viz.errors import CbamVizError
+from cbam_viz.errors import CbamVizError, echo
 from cbam_viz.familiarity import FamiliarityScore, pool
 from cbam_viz.models import STAGES, forward_features
 
@@ -48,6 +48,8 @@ METHODS: dict[str, tuple[type, str]] = {
     "scorecam": (ScoreCAM, "ScoreCAM (slow: one forward pass per channel)"),
 }
 LAYERS = STAGES
+DEFAULT_METHOD = "gradcam"
+DEFAULT_LAYER = "layer4"
 TargetSpec = int | str
 
 
@@ -108,6 +110,18 @@ def preprocess(images: Sequence[Image.Image], meta: ModelMeta, size: int | None 
     return TF.normalize(torch.stack(batch), list(meta.mean), list(meta.std))
 
 
+def check_method_layer(method: object, layer: object) -> tuple[str, str]:
+    """The CAM method and layer as a form, an API call or a command line gives them (case and surrounding spaces
+    ignored, empty for the default); CbamVizError lists the choices."""
+    method = str(method or DEFAULT_METHOD).strip().lower()
+    if method not in METHODS:
+        raise CbamVizError(f"unknown CAM method {echo(method)}; choose one of {', '.join(METHODS)}")
+    layer = str(layer or DEFAULT_LAYER).strip().lower()
+    if layer not in LAYERS:
+        raise CbamVizError(f"unknown layer {echo(layer)}; choose one of {', '.join(LAYERS)}")
+    return method, layer
+
+
 def fit_within(image: Image.Image, max_side: int | None) -> Image.Image:
     """Downscale (never upscale) so the longer side is at most `max_side`, keeping the aspect ratio."""
     if not max_side or max(image.size) <= max_side:
@@ -141,6 +155,23 @@ def fast_gradcam(fc_weight: torch.Tensor, features: torch.Tensor, targets: torch
     """Exact layer4 Grad-CAM (up to a positive scale): ReLU(sum_k W[c,k] A_k). features (N,K,h,w), targets (N,T)."""
     weights = fc_weight.float()[targets]  # (N, T, K)
     return F.relu(torch.einsum("ntk,nkhw->nthw", weights, features.float()))
+
+
+def is_fast_path(method: str, layer: str) -> bool:
+    """Whether the CAM is layer4 Grad-CAM, which `fast_gradcam` computes exactly from the forward pass alone."""
+    return method == "gradcam" and layer == "layer4"
+
+
+def from_features(
+    loaded: LoadedModel, result: ModelResult, method: str, layer: str, index: int, size: tuple[int, int]
+) -> ModelResult | None:
+    """`result` explaining class `index` by `method` at `layer`, sized (W, H) = `size`, from the layer4 features it
+    carries (no model call); None unless that is the fast path."""
+    if not is_fast_path(method, layer):
+        return None
+    weight = loaded.model.fc.weight.detach().cpu()
+    cams = fast_gradcam(weight, result.features[None], torch.tensor([[index]]))[0].numpy()
+    return replace(result, targets=[index], cams=cams, heatmaps=upsample(cams, size), method=method, layer=layer)
 
 
 def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -191,8 +222,8 @@ def run_models(
     images: Sequence[Image.Image],
     models: dict[str, LoadedModel],
     target: TargetSpec | Sequence[TargetSpec] = "top1",
-    method: str = "gradcam",
-    layer: str = "layer4",
+    method: str = DEFAULT_METHOD,
+    layer: str = DEFAULT_LAYER,
     max_side: int | None = 1024,
     image_targets: Sequence[TargetSpec] | None = None,
     input_size: int | None = None,
@@ -202,10 +233,7 @@ def run_models(
     `target` applies to every image; `image_targets` (one spec per image, e.g. ground-truth labels) overrides it.
     `input_size` feeds the networks another side than the one each was trained at (default: the trained one).
     """
-    if method not in METHODS:
-        raise CbamVizError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
-    if layer not in LAYERS:
-        raise CbamVizError(f"unknown layer {layer!r}; choose one of {', '.join(LAYERS)}")
+    method, layer = check_method_layer(method, layer)
     if image_targets is not None:
         if len(image_targets) != len(images):
             raise CbamVizError(f"{len(image_targets)} targets given for {len(images)} images")
@@ -223,8 +251,8 @@ def compare(
     image: Image.Image,
     models: dict[str, LoadedModel],
     target: TargetSpec | Sequence[TargetSpec] = "top1",
-    method: str = "gradcam",
-    layer: str = "layer4",
+    method: str = DEFAULT_METHOD,
+    layer: str = DEFAULT_LAYER,
     max_side: int | None = 1024,
 ) -> Comparison:
     """Both models on one image: top-5 (labels, softmax P), heatmaps for the target(s), attention maps."""
@@ -249,7 +277,7 @@ def _run_one(
     targets = [[c for spec in spec_list for c in resolve_target(spec, meta, p)] for spec_list, p in zip(specs, probs)]
     if len(set(map(len, targets))) != 1:
         raise CbamVizError("every image needs the same number of targets")
-    if method == "gradcam" and layer == "layer4":
+    if is_fast_path(method, layer):
         index = torch.tensor(targets, device=features.device)
         cams = fast_gradcam(model.fc.weight, features, index).cpu().numpy()
     else:

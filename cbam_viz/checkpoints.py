@@ -24,6 +24,7 @@ from cbam_viz.errors import CbamVizError
 from cbam_viz.familiarity import STORED_METHODS, TENSOR_PREFIX, Familiarity
 from cbam_viz.fileio import atomic_path
 from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model, infer_arch, infer_cbam_config, parse_arch
+from cbam_viz.weights import BUNDLED
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -304,16 +305,12 @@ def preview_names(keys: list[str], limit: int = 4) -> str:
     return shown + (f", … {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_CHECKPOINTS = {
-    "baseline": WEIGHTS_DIR / "resnet50_baseline.safetensors",
-    "cbam": WEIGHTS_DIR / "resnet50_cbam.safetensors",
-}
+MODEL_KEYS = ("baseline", "cbam")  # the two models every comparison holds, in the order they are shown
 
 
 def load_pair(
     baseline: str | Path | None = None, cbam: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> dict[str, LoadedModel]:
-    """Load the two models to compare, keyed "baseline" and "cbam" (the bundled weights by default)."""
-    paths = {"baseline": baseline or DEFAULT_CHECKPOINTS["baseline"], "cbam": cbam or DEFAULT_CHECKPOINTS["cbam"]}
-    return {key: load_checkpoint(path, device) for key, path in paths.items()}
+    """Load the two models to compare, keyed as MODEL_KEYS (the bundled weights where no path is given)."""
+    paths = {"baseline": baseline, "cbam": cbam}
+    return {key: load_checkpoint(paths[key] or BUNDLED[key].path(), device) for key in MODEL_KEYS}

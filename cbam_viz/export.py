@@ -37,9 +37,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cbam_viz.cam import LAYERS, METHODS, ModelResult, resolve_target, run_models
-from cbam_viz.checkpoints import DEFAULT_CHECKPOINTS, LoadedModel, load_checkpoint
+from cbam_viz.cam import LAYERS, METHODS, ModelResult, check_method_layer, resolve_target, run_models
+from cbam_viz.checkpoints import MODEL_KEYS, LoadedModel, load_checkpoint
 from cbam_viz.cli import standalone
+from cbam_viz.devices import resolve_device
 from cbam_viz.errors import CbamVizError
 from cbam_viz.export_merge import (
     COLUMNS,
@@ -51,9 +52,9 @@ from cbam_viz.export_merge import (
 )
 from cbam_viz.fileio import atomic_path, atomic_write_bytes, is_within, sha256_file
 from cbam_viz.images import load_image
-from cbam_viz.render import COLORMAPS, _lut_bgr, overlay
+from cbam_viz.render import COLORMAPS, check_colormap, overlay
+from cbam_viz.weights import BUNDLED, WEIGHTS_ENV, weights_folders
 
-MODEL_KEYS = ("baseline", "cbam")
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".mpo"}
 )
@@ -268,25 +269,6 @@ def parse_shard(text: str | None, environ: dict[str, str] | None = None) -> tupl
     return k, n
 
 
-def resolve_device(name: str, environ: dict[str, str] | None = None) -> torch.device:
-    """cpu, cuda or cuda:N; under torchrun plain `cuda` means this rank's LOCAL_RANK GPU."""
-    environ = os.environ if environ is None else environ
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CbamVizError(f"unknown device {name!r}; use cpu or cuda") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CbamVizError("--device cuda: this PyTorch build has no usable CUDA GPU; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", int(environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        elif device.index >= torch.cuda.device_count():
-            raise CbamVizError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    elif device.type != "cpu":
-        raise CbamVizError(f"unsupported device {name!r}; use cpu or cuda")
-    return device
-
-
 def parse_models(text: str) -> list[str]:
     keys = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in keys if k not in MODEL_KEYS]
@@ -307,10 +289,11 @@ def load_models(keys: Sequence[str], paths: dict[str, str | None], device: torch
     """Load the selected models and check the target against each of them."""
     models: dict[str, ExportModel] = {}
     for key in keys:
-        path = paths.get(key) or DEFAULT_CHECKPOINTS[key]
-        if not Path(path).is_file():
+        path = paths.get(key) or BUNDLED[key].find()
+        if path is None or not Path(path).is_file():
+            missing = path or f"{BUNDLED[key].file_name} is in none of {', '.join(map(str, weights_folders()))}"
             raise CbamVizError(
-                f"checkpoint for the {key} model not found: {path} (pass --{key} PATH, or --models to export fewer)"
+                f"checkpoint for the {key} model not found: {missing} (pass --{key} PATH, or --models to export fewer)"
             )
         loaded = load_checkpoint(path, device)
         targets = resolve_target(settings.target, loaded.meta, np.zeros(loaded.meta.num_classes, dtype=np.float32))
@@ -600,8 +583,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", default="layer4", help=f"layer to explain: {', '.join(LAYERS)} (default layer4)")
     parser.add_argument("--target", default="top1", help="class to explain: top1, a class name or an index")
     parser.add_argument("--models", default=",".join(MODEL_KEYS), help="which models: baseline,cbam (default both)")
-    parser.add_argument("--baseline", metavar="PATH", help="baseline checkpoint (default weights/…baseline…)")
-    parser.add_argument("--cbam", metavar="PATH", help="CBAM checkpoint (default weights/…cbam…)")
+    for key in MODEL_KEYS:
+        bundled = f"the bundled {BUNDLED[key].file_name}, looked for in ${WEIGHTS_ENV}, then the checkout's weights/"
+        parser.add_argument(f"--{key}", metavar="PATH", help=f"{key} checkpoint (default: {bundled})")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(
@@ -618,10 +602,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    if args.method not in METHODS:
-        raise CbamVizError(f"unknown CAM method {args.method!r}; choose one of {', '.join(METHODS)}")
-    if args.layer not in LAYERS:
-        raise CbamVizError(f"unknown layer {args.layer!r}; choose one of {', '.join(LAYERS)}")
+    method, layer = check_method_layer(args.method, args.layer)
     if args.batch_size < 1:
         raise CbamVizError("--batch-size must be at least 1")
     if args.workers < 1:
@@ -630,13 +611,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise CbamVizError("--size must be a positive number of pixels")
     if not 0.0 <= args.opacity <= 1.0:
         raise CbamVizError("--opacity must be between 0 and 1")
-    try:
-        _lut_bgr(args.colormap)
-    except ValueError as err:
-        raise CbamVizError(str(err)) from None
+    check_colormap(args.colormap)
     return Settings(
-        method=args.method,
-        layer=args.layer,
+        method=method,
+        layer=layer,
         target=str(args.target),
         max_side=args.size or DEFAULT_MAX_SIDE,
         opacity=args.opacity,

@@ -264,7 +264,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _example_scenes() -> list[Path]:
-    from cbam_viz.webapp import EXAMPLES_DIR, MASK_SUFFIX
+    from cbam_viz.app.studio import EXAMPLES_DIR, MASK_SUFFIX
 
     return sorted(p for p in EXAMPLES_DIR.glob("*.jpg") if not p.name.endswith(MASK_SUFFIX))
 

@@ -74,11 +74,6 @@ def load_image(
     raise TypeError(f"load_image cannot read an image from a {type(source).__name__}")
 
 
-def image_to_array(img: Image.Image) -> np.ndarray:
-    """A writable HxWx3 uint8 array of `img`, converted to RGB exactly as load_image converts (for overlays)."""
-    return np.array(_to_rgb(img))
-
-
 def _label(name: object) -> str:
     """The name shown in messages: the base name only (no server path), unprintable characters as '?'."""
     if isinstance(name, (os.PathLike, bytes)):

@@ -125,11 +125,6 @@ def infer_cbam_config(state: dict[str, torch.Tensor]) -> CBAMConfig:
     return CBAMConfig(**values)
 
 
-def has_cbam(model: nn.Module) -> bool:
-    """Whether the model contains CBAM blocks."""
-    return any(isinstance(m, CBAM) for m in model.modules())
-
-
 def forward_features(model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the network once and return (logits, layer4 activations) without any hook."""
     x = model.maxpool(model.relu(model.bn1(model.conv1(x))))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import cv2
 import matplotlib
@@ -10,23 +11,33 @@ import numpy as np
 from PIL import Image
 from pytorch_grad_cam.utils.image import scale_cam_image
 
+from cbam_viz.errors import CbamVizError, echo
+
 COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "plasma", "coolwarm")
 
 
+class ColormapError(CbamVizError, ValueError):
+    """A colormap name matplotlib does not know, or one outside the choices offered."""
+
+
+def check_colormap(colormap: str, choices: Sequence[str] | None = None) -> str:
+    """`colormap` if matplotlib knows it (and it is one of `choices`, when given); ColormapError lists some."""
+    if colormap not in (matplotlib.colormaps if choices is None else choices):
+        raise ColormapError(f"unknown colormap {echo(colormap)}; choose one of {', '.join(choices or COLORMAPS)}")
+    return colormap
+
+
 @functools.lru_cache(maxsize=None)
-def _lut_bgr(colormap: str) -> np.ndarray:
+def colormap_lut(colormap: str) -> np.ndarray:
     """A matplotlib colormap as the 256×1×3 BGR lookup table OpenCV's applyColorMap takes."""
-    try:
-        cmap = matplotlib.colormaps[colormap]
-    except KeyError:
-        raise ValueError(f"unknown colormap {colormap!r}; try one of {', '.join(COLORMAPS)}") from None
+    cmap = matplotlib.colormaps[check_colormap(colormap)]
     rgb = (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
     return np.ascontiguousarray(rgb[:, ::-1].reshape(256, 1, 3))
 
 
 def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """A [0, 1] heatmap as an H×W×3 uint8 RGB picture, coloured as grad-cam's `show_cam_on_image` colours it."""
-    bgr = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), _lut_bgr(colormap))
+    bgr = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), colormap_lut(colormap))
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -23,7 +23,15 @@ from cbam_viz.errors import CbamVizError
 from cbam_viz.figures import channel_attention_figure, paper_figure
 from cbam_viz.images import ImageError
 from cbam_viz.metrics import box_mask, energy_in_mask, pointing_hit
-from cbam_viz.webapp import LRU, ExportFolder, Studio, normalise_target, parse_box, scores_json
+from cbam_viz.app import served as served_files
+from cbam_viz.app import server as app_server
+from cbam_viz.app import studio as studio_module
+from cbam_viz.app.cache import LRU
+from cbam_viz.app.controls import normalise_target, parse_box
+from cbam_viz.app.figure_export import ExportFolder
+from cbam_viz.app.server import StudioBlocks, user_errors
+from cbam_viz.app.studio import Studio
+from cbam_viz.app.views import scores_json
 from tests.apphelpers import ROOT, app, free_port, serve
 from tests.conftest import CLASS_NAMES, random_image
 
@@ -181,12 +189,12 @@ def test_bad_controls_give_clear_messages(client, kwargs, expected):
 
 
 def test_overlay_files_are_written_once_under_new_names(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "get_upload_folder", lambda: str(tmp_path))
+    monkeypatch.setattr(served_files, "get_upload_folder", lambda: str(tmp_path))
     picture = random_image(9, (40, 30))
-    first = app.served(picture)
+    first = served_files.served(picture)
     before = (Path(first).read_bytes(), os.stat(first).st_ino, os.stat(first).st_mtime_ns)
-    second = app.served(picture)  # the same picture again, as for an identical request
-    assert first != second and Path(first).parent == Path(second).parent == tmp_path / app.OVERLAYS
+    second = served_files.served(picture)  # the same picture again, as for an identical request
+    assert first != second and Path(first).parent == Path(second).parent == tmp_path / served_files.OVERLAYS
     assert (Path(first).read_bytes(), os.stat(first).st_ino, os.stat(first).st_mtime_ns) == before
     assert Path(second).read_bytes() == before[0]
     with Image.open(second) as im:
@@ -195,14 +203,13 @@ def test_overlay_files_are_written_once_under_new_names(tmp_path, monkeypatch):
 
 
 def test_slow_methods_run_one_at_a_time_and_only_within_their_time_limit(tiny_models, monkeypatch):
-    from cbam_viz import webapp
-
     studio = Studio(tiny_models, examples_dir=None)
     source = studio.open(random_image(12, (72, 56)))
     studio.base(source)
     assert studio.forward_seconds and studio.forward_seconds > 0
     passes, seconds = studio.slow_estimate("scorecam", "layer4")
-    assert passes == 2048 and seconds == pytest.approx(2 * 2048 * webapp.SLOW_PASS_SHARE * studio.forward_seconds)
+    share = studio_module.SLOW_PASS_SHARE
+    assert passes == 2048 and seconds == pytest.approx(2 * 2048 * share * studio.forward_seconds)
     assert studio.slow_estimate("scorecam", "layer1")[0] == 256
 
     studio.slow_seconds = seconds / 2  # refused before any model runs, saying why
@@ -214,7 +221,7 @@ def test_slow_methods_run_one_at_a_time_and_only_within_their_time_limit(tiny_mo
 
     studio.slow_seconds = 1e9
     started, finish = threading.Event(), threading.Event()
-    real = webapp.run_models
+    real = studio_module.run_models
 
     def slow_pass(images, models, **kwargs):
         if kwargs["method"] == "scorecam":  # stands in for minutes of ScoreCAM
@@ -223,7 +230,7 @@ def test_slow_methods_run_one_at_a_time_and_only_within_their_time_limit(tiny_mo
             kwargs["method"] = "gradcam++"
         return real(images, models, **kwargs)
 
-    monkeypatch.setattr(webapp, "run_models", slow_pass)
+    monkeypatch.setattr(studio_module, "run_models", slow_pass)
     first = threading.Thread(target=studio.analyse, args=(source,), kwargs={"method": "scorecam", "layer": "layer3"})
     first.start()
     try:
@@ -255,8 +262,8 @@ def test_cache_pruning_deletes_old_files_and_their_folders_but_keeps_examples(tm
 
     import gradio as gr
 
-    monkeypatch.setattr(app, "get_upload_folder", lambda: str(tmp_path))
-    with app.StudioBlocks() as demo:
+    monkeypatch.setattr(app_server, "get_upload_folder", lambda: str(tmp_path))
+    with StudioBlocks() as demo:
         gallery = gr.Image()
     paths = {name: tmp_path / name / "f.png" for name in ("upload", "overlay", "example", "fresh")}
     for name in ("upload", "overlay", "example"):
@@ -282,7 +289,7 @@ def test_cache_pruning_deletes_old_files_and_their_folders_but_keeps_examples(tm
 
 
 def test_prune_empty_folders_removes_only_old_empty_ones(tmp_path):
-    from cbam_viz.webapp import prune_empty_folders
+    from cbam_viz.app.served import prune_empty_folders
 
     old_empty, new_empty, full, nested = (tmp_path / n for n in ("old", "new", "full", "a/b"))
     for folder in (old_empty, new_empty, full, nested):
@@ -467,7 +474,7 @@ def test_lru_runs_each_key_once_under_concurrency():
 def test_nbytes_counts_what_a_cache_entry_holds(tiny_models):
     import torch
 
-    from cbam_viz.webapp import nbytes
+    from cbam_viz.app.cache import nbytes
 
     whole = torch.zeros(4, 8, dtype=torch.float32)
     array = np.zeros((10, 10), np.float32)
@@ -480,7 +487,7 @@ def test_nbytes_counts_what_a_cache_entry_holds(tiny_models):
 
 
 def test_studio_caches_stay_within_their_byte_budget(tiny_models, tmp_path):
-    from cbam_viz.webapp import CACHE_SHARES
+    from cbam_viz.app.cache import CACHE_SHARES
 
     studio = Studio(tiny_models, examples_dir=None, cache_mb=1.5)
     for seed in range(6):
@@ -498,11 +505,11 @@ def test_studio_caches_stay_within_their_byte_budget(tiny_models, tmp_path):
 def test_user_errors_escape_html_and_hide_unexpected_errors():
     import gradio as gr
 
-    @app.user_errors
+    @user_errors
     def bad_name():
         raise ImageError("<img src=x onerror=alert(1)>.png is empty (0 bytes).")
 
-    @app.user_errors
+    @user_errors
     def crash():
         raise RuntimeError("secret /srv/path")
 

@@ -14,7 +14,6 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from cbam_viz.cbam import CBAMConfig
 from cbam_viz.checkpoints import (
-    DEFAULT_CHECKPOINTS,
     CheckpointError,
     ModelMeta,
     _read_raw,
@@ -22,7 +21,8 @@ from cbam_viz.checkpoints import (
     save_checkpoint,
 )
 from cbam_viz.models import ARCHS, DEPTHS, build_model
-from cbam_viz.webapp import model_info_markdown
+from cbam_viz.weights import BUNDLED
+from cbam_viz.app.views import model_info_markdown
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 X_SMALL = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -187,10 +187,10 @@ def test_variant_metadata_is_shown(tmp_path):
 def test_checkpoints_without_cbam_metadata_get_the_design_their_weights_show(tmp_path):
     """Checkpoints written before the options existed (the bundled ones) load as the paper's design; channel-only
     and 1x1-descriptor weights are recognised by their keys."""
-    bundled = load_checkpoint(DEFAULT_CHECKPOINTS["cbam"])
+    bundled = load_checkpoint(BUNDLED["cbam"].path())
     assert bundled.meta.cbam == CBAMConfig() and bundled.meta.display_name == "CBAM-ResNet50"
     assert "the paper's final design" in model_info_markdown(bundled)
-    assert load_checkpoint(DEFAULT_CHECKPOINTS["baseline"]).meta.cbam is None
+    assert load_checkpoint(BUNDLED["baseline"].path()).meta.cbam is None
     for cbam in (CBAMConfig(arrangement="channel"), CBAMConfig(spatial_pool="conv1x1", kernel_size=3)):
         state = build_model("resnet18-cbam", 2, cbam=cbam).state_dict()
         torch.save(state, tmp_path / "m.pth")

@@ -17,7 +17,8 @@ from cbam_viz.data.pack import AssetPack
 from cbam_viz.data.splits import MaterializedSplit, materialize_split
 from cbam_viz.data.synthetic import make_synthetic_pack
 from cbam_viz.models import build_model
-from cbam_viz.webapp import Studio, attention_overlay, model_info_markdown
+from cbam_viz.app.studio import Studio
+from cbam_viz.app.views import attention_overlay, model_info_markdown
 
 
 @pytest.fixture(scope="module")

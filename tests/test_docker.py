@@ -129,7 +129,7 @@ def test_dockerignore_keeps_the_context_small():
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    kept = ["app.py", "requirements.txt", "cbam_viz/cam.py", "cbam_viz/webapp.py", "examples/green_disc.png",
+    kept = ["app.py", "requirements.txt", "cbam_viz/cam.py", "cbam_viz/app/studio.py", "examples/green_disc.png",
             "examples/green_disc.mask.png", "weights/resnet50_baseline.safetensors",
             "weights/resnet50_cbam.safetensors"]
     dropped = [".venv/bin/python", "data/pack/manifest.json", "runs/eval/eval.json", "tests/test_app.py",

@@ -33,7 +33,8 @@ from cbam_viz.familiarity import (
 )
 from cbam_viz.familiarity_cli import extract
 from cbam_viz.rcc import read_rcc
-from cbam_viz.webapp import Studio, familiarity_banner, knowledge_markdown, model_info_markdown, scores_json
+from cbam_viz.app.studio import Studio
+from cbam_viz.app.views import familiarity_banner, knowledge_markdown, model_info_markdown, scores_json
 from tests.conftest import CLASS_NAMES, attach_knn_detector, make_checkpoint, random_image
 
 RNG = np.random.default_rng(0)

@@ -31,7 +31,8 @@ from PIL import Image
 from benchmarks.load import compare_answer, expected_answer, torch_threads
 from cbam_viz.cam import fit_within
 from cbam_viz.export import IMAGE_SUFFIXES
-from cbam_viz.webapp import ExportFolder, Studio
+from cbam_viz.app.figure_export import ExportFolder
+from cbam_viz.app.studio import Studio
 from tests import badfiles
 from tests.apphelpers import ROOT, app, app_process, free_port, serve
 from tests.conftest import random_image

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, features
 
 from cbam_viz.errors import CbamVizError
-from cbam_viz.images import MAX_FILE_BYTES, MAX_PIXELS, ImageError, image_to_array, load_image
+from cbam_viz.images import MAX_FILE_BYTES, MAX_PIXELS, ImageError, load_image
 from cbam_viz.render import colorize, overlay
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
@@ -464,13 +464,13 @@ def test_pil_image_input_is_not_modified_and_lazy_files_are_checked(tmp_path):
         expect_error(tmp_path, lazy, "cut.jpg is truncated or corrupt.")
 
 
-def test_image_to_array():
+def test_pil_images_are_converted_to_rgb_as_files_are():
     img = Image.new("RGBA", (5, 2), (0, 0, 255, 255))
     img.putpixel((0, 0), (0, 255, 0, 0))
-    arr = image_to_array(img)
-    assert arr.shape == (2, 5, 3) and arr.dtype == np.uint8 and arr.flags.writeable
+    arr = np.asarray(load_image(img))
+    assert arr.shape == (2, 5, 3) and arr.dtype == np.uint8
     assert arr[0, 0].tolist() == list(WHITE) and arr[1, 4].tolist() == list(BLUE)
-    assert image_to_array(Image.new("L", (1, 1), 9)).tolist() == [[[9, 9, 9]]]
+    assert np.asarray(load_image(Image.new("L", (1, 1), 9))).tolist() == [[[9, 9, 9]]]
 
 
 # ------------------------------------------------------------------------------------------------ overlays
@@ -495,12 +495,12 @@ def test_opacity_0_gives_the_image_unchanged_and_1_the_colormap():
 def test_overlay_keeps_grad_cams_colours_and_resizes_the_heatmap():
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    from cbam_viz.render import _lut_bgr
+    from cbam_viz.render import colormap_lut
 
     heat = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     for name in ("jet", "inferno", "coolwarm"):
         # heatmap only: grad-cam's maximum rescale is a no-op where the colormap reaches 255 in some channel
-        theirs = show_cam_on_image(np.zeros((8, 8, 3), np.float32), heat, True, _lut_bgr(name), image_weight=0.0)
+        theirs = show_cam_on_image(np.zeros((8, 8, 3), np.float32), heat, True, colormap_lut(name), image_weight=0.0)
         assert np.array_equal(colorize(heat, name), theirs), name
         assert np.array_equal(np.asarray(overlay(Image.new("RGB", (8, 8)), heat, 1.0, name)), theirs), name
     big = overlay(Image.new("RGB", (32, 16), WHITE), np.eye(4, dtype=np.float32), 0.7)

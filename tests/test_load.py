@@ -18,8 +18,10 @@ from gradio_client.exceptions import AppError
 
 from benchmarks import load
 from cbam_viz.cam import compare
-from cbam_viz.webapp import ExportFolder, Studio
-from tests.apphelpers import app, serve
+from cbam_viz.app.figure_export import ExportFolder
+from cbam_viz.app.served import cache_schedule
+from cbam_viz.app.studio import Studio
+from tests.apphelpers import serve
 from tests.conftest import random_image
 
 pytestmark = pytest.mark.timeout(300)
@@ -109,7 +111,7 @@ def test_soak_keeps_memory_hooks_and_files_flat(running, jobs):
     assert result.end["threads"] <= result.warm["threads"] + 4, result.summary()
     # the cache on disk is bounded: nothing outlives its age by more than a pruning round (plus a busy machine's
     # slack), and the files left are a few seconds' worth, not the whole run's
-    frequency, age = app.cache_schedule(CACHE_SECONDS)
+    frequency, age = cache_schedule(CACHE_SECONDS)
     window = age + frequency + 6
     assert 0 < max(result.oldest) <= window, result.summary()
     # each request writes its upload and two overlays; at most the last `window` seconds' worth may remain

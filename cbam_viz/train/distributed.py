@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from cbam_viz.train.config import TrainError
+from cbam_viz.devices import resolve_device
 
 
 @dataclass
@@ -29,9 +29,8 @@ class Dist:
 
 def setup_distributed(device_choice: str) -> tuple[Dist, torch.device]:
     """Join the process group of torchrun (env://), or use one the caller initialised; pick this rank's device."""
-    cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
-    if device_choice == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    device = resolve_device(device_choice)
+    cuda = device.type == "cuda"
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     info = Dist(local_rank=local_rank)
@@ -43,10 +42,8 @@ def setup_distributed(device_choice: str) -> tuple[Dist, torch.device]:
         dist.init_process_group(backend="nccl" if cuda else "gloo")
         info.rank, info.world, info.owned = dist.get_rank(), dist.get_world_size(), True
     if cuda:
-        index = local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        return info, torch.device("cuda", index)
-    return info, torch.device("cpu")
+        torch.cuda.set_device(device)
+    return info, device
 
 
 def all_reduce(values: list[float], device: torch.device, op=None) -> list[float]:

@@ -1,0 +1,173 @@
+"""The page's and the API's event handlers, as methods of one object that holds the studio and the export folder.
+
+Every handler takes the raw payloads Gradio sends (events run with preprocess=False), checks them, and answers
+with a one-line message on any failure (`user_errors`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+from gradio.utils import get_upload_folder
+
+from cbam_viz.app.controls import TOP1, check_controls, format_box, parse_box
+from cbam_viz.app.figure_export import MAX_FIGURE_ROWS, ExportFolder, export_figure
+from cbam_viz.app.served import served
+from cbam_viz.app.server import user_errors
+from cbam_viz.app.studio import Studio
+from cbam_viz.app.uploads import SourceImage
+from cbam_viz.app.views import (
+    attention_overlay,
+    caption_markdown,
+    familiarity_banner,
+    heatmap_overlay,
+    localization_markdown,
+    localization_preview,
+    pick_block,
+    scores_json,
+    top5_label,
+)
+from cbam_viz.cam import DEFAULT_LAYER, DEFAULT_METHOD, LAYERS, METHODS
+from cbam_viz.checkpoints import MODEL_KEYS
+from cbam_viz.errors import CbamVizError
+from cbam_viz.figures import channel_attention_figure
+from cbam_viz.images import ImageError
+
+
+class Handlers:
+    """What the page's events and the API endpoints call, for one studio; figures go to `exports`.
+
+    Uploads (and the examples, which Gradio copies there) live in Gradio's upload folder (`uploads`); an API call
+    that names any other server file in its payload is refused (see Studio.open_upload).
+    """
+
+    def __init__(self, studio: Studio, exports: ExportFolder) -> None:
+        self.studio, self.exports = studio, exports
+        self.uploads = (get_upload_folder(),)
+        self.names = {key: loaded.meta.display_name for key, loaded in studio.models.items()}
+        # update_page's outputs without an image: the banner hidden, every heatmap, caption and score empty
+        self.empty_page = (gr.Markdown(visible=False), None, "", None, None, "", None, None, None, "")
+
+    def open_upload(self, payload: Any) -> SourceImage | None:
+        """The uploaded image a payload names (None when empty); only files in Gradio's upload folder are accepted."""
+        return self.studio.open_upload(payload, within=self.uploads)
+
+    def require(self, payload: Any) -> SourceImage:
+        """As `open_upload`, but a missing image is a CbamVizError saying how to give one."""
+        source = self.open_upload(payload)
+        if source is None:
+            raise CbamVizError("no image yet: upload one, paste one, or pick an example")
+        return source
+
+    @user_errors
+    def compare(self, image: dict | str | None, target: str = TOP1, method: str = DEFAULT_METHOD,
+                layer: str = DEFAULT_LAYER, opacity: float = 0.5, colormap: str = "jet",
+                box: str = "") -> tuple[str, str, dict]:
+        """Grad-CAM (or another CAM method) of ResNet50 and CBAM-ResNet50 for one image.
+
+        Returns the baseline overlay, the CBAM overlay, and JSON with each model's top-5 (label, index, P), the
+        target class and its P, localization scores when the object's mask (bundled examples) or a box
+        'x0, y0, x1, y1' (original pixels) is known, CBAM's attention/Grad-CAM agreement, and familiarity
+        where the checkpoints carry a detector.
+
+        Args:
+            image: the image file (over MCP: a base64 data: URL; the server fetches no http(s) URL)
+            target: 'top1' for each model's own top-1, or one class name for both models
+            method: the CAM method; gradcam at layer4 is exact and the fastest, scorecam the slowest
+            layer: the ResNet stage the CAM is taken at (layer4, as in the paper, or layer1 to layer3)
+            opacity: heatmap opacity over the image, 0 to 1
+            colormap: the heatmap's matplotlib colormap
+            box: optional object box 'x0, y0, x1, y1' in the image's pixels, for localization scores
+        """
+        source = self.require(image)
+        method, layer, opacity, colormap = check_controls(method, layer, opacity, colormap)
+        analysis = self.studio.analyse(source, target, method, layer)
+        localization = self.studio.localize(analysis, parse_box(box))
+        return (
+            served(heatmap_overlay(analysis, "baseline", opacity, colormap)),
+            served(heatmap_overlay(analysis, "cbam", opacity, colormap)),
+            scores_json(analysis, localization),
+        )
+
+    @user_errors
+    def update_page(self, image, target, method, layer, opacity, colormap, box) -> tuple:
+        """Everything the page shows of one image: banner, both heatmaps with captions and top-5, scores."""
+        source = self.open_upload(image)
+        if source is None:
+            return self.empty_page
+        method, layer, opacity, colormap = check_controls(method, layer, opacity, colormap)
+        analysis = self.studio.analyse(source, target, method, layer)
+        localization = self.studio.localize(analysis, parse_box(box))
+        title = METHODS[method][1].split(" (")[0] + ("" if layer == DEFAULT_LAYER else f" · {layer}")
+        warning = familiarity_banner(analysis)
+        outputs = [gr.Markdown(warning, visible=bool(warning))]
+        for key in MODEL_KEYS:
+            result = analysis.results[key]
+            picture = served(heatmap_overlay(analysis, key, opacity, colormap))
+            outputs += [
+                gr.Image(value=picture, label=f"{self.names[key]} · {title}"),
+                caption_markdown(result),
+                top5_label(result),
+            ]
+        return (
+            *outputs,
+            scores_json(analysis, localization),
+            served(localization_preview(analysis, localization)),
+            localization_markdown(analysis, localization),
+        )
+
+    @user_errors
+    def update_attention(self, image, block1, block2, block3, block4, opacity, colormap) -> tuple:
+        """The CBAM attention tab: the chosen block's spatial map in each stage, and the channel weights plot."""
+        try:
+            source = self.open_upload(image)
+        except ImageError:  # update_page, triggered by the same upload, already says what is wrong with it
+            source = None
+        if source is None:
+            return (None,) * 5
+        _, _, opacity, colormap = check_controls(DEFAULT_METHOD, DEFAULT_LAYER, opacity, colormap)
+        analysis = self.studio.base(source)
+        attention = analysis.results["cbam"].attention
+        if attention is None:
+            raise CbamVizError("the CBAM checkpoint recorded no attention maps")
+        blocks = [pick_block(attention, stage, b) for stage, b in zip(LAYERS, (block1, block2, block3, block4))]
+        images = []
+        for block in blocks:
+            picture, caption = attention_overlay(analysis, block, opacity, colormap)
+            images.append(gr.Image(value=served(picture), label=caption))
+        return (*images, channel_attention_figure(attention, blocks))
+
+    @user_errors
+    def paper_figure(self, image=None, extra_images=None, include_current=True, title="", target=TOP1,
+                     method=DEFAULT_METHOD, layer=DEFAULT_LAYER, opacity=0.5, colormap="jet"):
+        """A Sec. 4.3-style figure (input | ResNet50 CAM | CBAM CAM, P under each) as PNG and PDF."""
+        items = ([image] if include_current and image else []) + list(extra_images or [])
+        if len(items) > MAX_FIGURE_ROWS:  # before decoding any: each may be up to the upload cap
+            raise CbamVizError(f"the figure takes at most {MAX_FIGURE_ROWS} images; {len(items)} were given")
+        sources = [self.require(item) for item in items]
+        png, pdf = export_figure(
+            self.studio, sources, self.exports.new(), target=target, method=method, layer=layer,
+            opacity=opacity, colormap=colormap, title=title,
+        )
+        return str(png), [str(png), str(pdf)]
+
+    @user_errors
+    def click_corner(self, image, corner, evt: gr.SelectData):
+        """A click on the localization preview: the box's first corner, or with the second one the box itself."""
+        analysis = self.studio.base(self.require(image))
+        x, y = (round(float(v) / analysis.scale, 1) for v in evt.index[:2])
+        if not corner:
+            return [x, y], gr.skip(), f"First corner at ({x:g}, {y:g}): now click the opposite corner."
+        box = (corner[0], corner[1], x, y)
+        return None, format_box(box), f"Box set to {format_box(box)}."
+
+    @staticmethod
+    def reset_box() -> tuple[None, str, str]:
+        """No corner clicked, no box, no hint."""
+        return None, "", ""
+
+    def pick_target(self, evt: gr.SelectData):
+        """A click on a top-5 entry makes its class the target of both models."""
+        value = evt.value.get("label") if isinstance(evt.value, dict) else evt.value
+        return value if value in self.studio.class_names else gr.skip()

@@ -1,0 +1,321 @@
+"""What the page shows of an analysis: overlays, captions, top-5, scores as JSON, localization and model panels.
+
+Pure rendering: nothing here calls a model, so opacity and colormap changes cost no forward pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from cbam_viz.app.controls import format_box
+from cbam_viz.app.studio import SLOW_METHODS, Analysis, Localization, duration
+from cbam_viz.app.uploads import base_name
+from cbam_viz.cam import METHODS, ModelResult, upsample
+from cbam_viz.checkpoints import LoadedModel
+from cbam_viz.errors import CbamVizError
+from cbam_viz.familiarity import SCORE_NAMES
+from cbam_viz.metrics import agreement, peak
+from cbam_viz.render import overlay
+
+
+ATTENTION_CAPTION = (
+    "**Spatial attention** (top row): CBAM's map Ms of the chosen block in each stage, the weight (0 to 1) it gives "
+    "each position before the residual add; shown stretched to its own range, which each label gives. Early "
+    "stages see edges and texture, layer4 sees whole objects. **Channel attention** (plot): the weights Mc of the "
+    "same blocks' channels, sorted from most boosted to most suppressed; the box names the most boosted channels "
+    "by index. A flat curve near 0.5 means the block barely reweights its channels."
+)
+
+
+def slow_methods_note(slow_seconds: float) -> str:
+    """What the page says up front about the slow methods (the method dropdown's info line)."""
+    names = " and ".join(METHODS[m][1].split(" (")[0] for m in SLOW_METHODS)
+    return (
+        f"{names}: slow, one forward pass per channel (256 at layer1 to 2048 at layer4); one runs at a time, and "
+        f"one estimated over {duration(slow_seconds)} is refused. The others take one pass."
+    )
+
+
+def heatmap_overlay(analysis: Analysis, key: str, opacity: float = 0.5, colormap: str = "jet") -> Image.Image:
+    """The model's heatmap for the target blended over the displayed image (pure rendering, no model call)."""
+    return overlay(analysis.image, analysis.results[key].heatmaps[0], opacity, colormap)
+
+
+def caption_markdown(result: ModelResult) -> str:
+    """The lines under a heatmap, as in the paper's figure: the explained class, then its softmax P."""
+    target = result.target
+    return f"{_md(target.label)}  \n**P = {target.prob:.3f}**"
+
+
+def top5_label(result: ModelResult) -> dict[str, float]:
+    """The top-5 as gr.Label wants it: {class: probability}."""
+    return {p.label: round(p.prob, 6) for p in result.top5}
+
+
+def pick_block(attention: Any, stage: str, block: object) -> str:
+    """The requested block if it belongs to `stage`, else the stage's last block."""
+    blocks = attention.stage(int(stage[-1]))
+    if not blocks:
+        raise CbamVizError(f"the CBAM model has no attention maps in {stage}")
+    return str(block) if block in blocks else blocks[-1]
+
+
+def attention_overlay(
+    analysis: Analysis, block: str, opacity: float = 0.5, colormap: str = "jet"
+) -> tuple[Image.Image, str]:
+    """One CBAM block's spatial attention, stretched to [0, 1] and overlaid; plus a caption with its true range."""
+    attention = analysis.results["cbam"].attention
+    if attention is None:
+        raise CbamVizError("the CBAM checkpoint recorded no attention maps")
+    spatial = attention.spatial[block].float().cpu().numpy()
+    low, high = float(spatial.min()), float(spatial.max())
+    stretched = (spatial - low) / (high - low) if high > low else np.zeros_like(spatial)
+    image = overlay(analysis.image, stretched.astype(np.float32), opacity, colormap)
+    h, w = spatial.shape
+    return image, f"{block} · {w}×{h} · Ms from {low:.2f} to {high:.2f}"
+
+
+def last_attention_agreement(result: ModelResult) -> tuple[str, float] | None:
+    """Pearson correlation between CBAM's last spatial attention map and the result's heatmap (None for baseline)."""
+    if result.attention is None or not result.attention.blocks:
+        return None
+    block = result.attention.blocks[-1]
+    heat = result.heatmaps[0]
+    spatial = result.attention.spatial[block].float().cpu().numpy()[None]
+    return block, agreement(upsample(spatial, (heat.shape[1], heat.shape[0]))[0], heat)
+
+
+def localization_preview(analysis: Analysis, localization: Localization | None) -> Image.Image:
+    """The displayed image with the object's outline (mask or box) and each model's heatmap peak marked."""
+    image = analysis.image.convert("RGB").copy()
+    draw = ImageDraw.Draw(image)
+    w, h = image.size
+    line = max(2, round(min(w, h) / 150))
+    if localization is not None:
+        mask = localization.mask
+        edge = mask & ~_erode(mask)
+        shade = np.asarray(image).copy()
+        shade[~mask] = (shade[~mask] * 0.55).astype(np.uint8)
+        shade[_dilate(edge, line // 2)] = (255, 255, 255)
+        image = Image.fromarray(shade)
+        draw = ImageDraw.Draw(image)
+    r = max(4, round(min(w, h) / 40))
+    for key, color in (("baseline", (0, 160, 255)), ("cbam", (255, 60, 200))):
+        y, x = peak(analysis.results[key].heatmaps[0])
+        if key == "baseline":
+            draw.ellipse((x - r, y - r, x + r, y + r), outline=color, width=line)
+        else:
+            draw.rectangle((x - r, y - r, x + r, y + r), outline=color, width=line)
+    return image
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    padded = np.pad(mask, 1, constant_values=False)
+    out = mask.copy()
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        out &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
+    return out
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(max(0, radius)):
+        padded = np.pad(out, 1, constant_values=False)
+        grown = out.copy()
+        for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+            grown |= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
+        out = grown
+    return out
+
+
+def localization_markdown(analysis: Analysis, localization: Localization | None) -> str:
+    """A small table: pointing-game hit and energy inside the mask/box per model, plus CBAM's agreement score."""
+    lines = []
+    if localization is None:
+        lines.append(
+            "No object location for this image. Pick a bundled example (they ship object masks), type a box "
+            "below, or click two opposite corners of the object on this image."
+        )
+    else:
+        where = (
+            f"the box {format_box(localization.box)}" if localization.box is not None else "the example's object mask"
+        )
+        lines += [
+            f"Object location: {where} (outlined). Heatmap peaks: circle = ResNet50, square = CBAM.",
+            "",
+            "| model | target | pointing game | energy in " + ("box" if localization.box else "mask") + " |",
+            "|---|---|---|---|",
+        ]
+        for key, res in analysis.results.items():
+            s = localization.scores[key]
+            hit = "**hit**" if s["pointing_hit"] else "miss"
+            lines.append(f"| {res.meta.display_name} | {_md(res.target.label)} | {hit} | {s['energy_in_mask']:.1%} |")
+    agree = last_attention_agreement(analysis.results["cbam"])
+    if agree is not None:
+        lines += [
+            "",
+            f"**Attention–CAM agreement** (CBAM): Pearson r = **{agree[1]:.3f}** between its last spatial attention "
+            f"map ({agree[0]}) and its {METHODS[analysis.method][1].split(' (')[0]} map for "
+            f"{_md(analysis.results['cbam'].target.label)}.",
+        ]
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    """Escape Markdown control characters in a class name."""
+    return re.sub(r"([\\`*_{}\[\]<>()#+!|~])", r"\\\1", str(text))
+
+
+def _prediction(p: Any) -> dict[str, Any]:
+    return {"label": p.label, "index": p.index, "p": round(float(p.prob), 6)}
+
+
+def scores_json(analysis: Analysis, localization: Localization | None = None) -> dict[str, Any]:
+    """What the `compare` API returns: per model top-5 and P, the target and P, localization when known."""
+    models = {}
+    for key, res in analysis.results.items():
+        entry: dict[str, Any] = {
+            "model": res.meta.display_name,
+            "arch": res.meta.arch,
+            "top5": [_prediction(p) for p in res.top5],
+            "target": _prediction(res.target),
+            "localization": None,
+        }
+        if localization is not None:
+            s = localization.scores[key]
+            entry["localization"] = {
+                "pointing_hit": bool(s["pointing_hit"]),
+                "energy_in_mask": round(float(s["energy_in_mask"]), 6),
+            }
+        entry["familiarity"] = res.familiarity.as_json() if res.familiarity else None
+        agree = last_attention_agreement(res)
+        if agree is not None:
+            entry["attention_agreement"] = {"block": agree[0], "pearson": round(agree[1], 6)}
+        models[key] = entry
+    return {
+        "image": {
+            "name": analysis.source.name,
+            "width": analysis.source.image.width,
+            "height": analysis.source.image.height,
+            "analysed_width": analysis.image.width,
+            "analysed_height": analysis.image.height,
+        },
+        "target": analysis.target,
+        "method": analysis.method,
+        "method_label": METHODS[analysis.method][1],
+        "layer": analysis.layer,
+        "localization": None
+        if localization is None
+        else {"source": localization.source, "box": list(localization.box) if localization.box else None},
+        "models": models,
+    }
+
+
+def model_info_markdown(loaded: LoadedModel, max_classes: int = 60) -> str:
+    """The checkpoint's metadata for the model-info panel (the file's base name only, never a server path)."""
+    meta = loaded.meta
+    names = meta.class_names
+    shown = ", ".join(_md(n) for n in names[:max_classes])
+    if len(names) > max_classes:
+        shown += f", … ({len(names) - max_classes} more)"
+    params = sum(p.numel() for p in loaded.model.parameters())
+    lines = [
+        f"### {meta.display_name}",
+        f"- **checkpoint**: `{base_name(meta.source) if meta.source else 'n/a'}` "
+        f"({meta.arch}, {params / 1e6:.1f} M parameters)",
+        f"- **input**: {meta.input_size}×{meta.input_size} px, mean {_floats(meta.mean)}, std {_floats(meta.std)}",
+        f"- **classes** ({len(names)}): {shown}",
+    ]
+    if meta.cbam is not None:
+        lines.append(f"- **CBAM blocks**: {meta.cbam.describe()}")
+    lines.append(f"- **familiarity**: {familiarity_summary(loaded)}")
+    tables = (("dataset", meta.dataset), ("training recipe", meta.recipe), ("validation metrics", meta.metrics))
+    for title, table in tables:
+        if not table:
+            lines.append(f"- **{title}**: not recorded in the checkpoint")
+            continue
+        lines.append(f"- **{title}**:")
+        lines += [f"    - {_md(str(k))}: {_md(_value(v))}" for k, v in table.items()]
+    return "\n".join(lines)
+
+
+# What each known training set looks like, for the panel that says what the models know.
+DATASET_KINDS = {
+    "stamp scenes": (
+        "stamp subjects",
+        "photos of single objects (Tux Paint's photographic stamps) pasted onto nature photographs, with up to "
+        "two other objects as clutter",
+    ),
+    "ImageNet-1k": ("ImageNet classes", "ImageNet photographs"),
+}
+
+
+def known_classes(meta: Any) -> str:
+    """'the 32 stamp subjects', 'the 1000 ImageNet classes', or 'the 5 classes' of a checkpoint."""
+    noun = DATASET_KINDS.get(meta.dataset.get("name", ""), ("classes", ""))[0]
+    return f"the {meta.num_classes} {noun}"
+
+
+def knowledge_markdown(models: dict[str, LoadedModel]) -> str:
+    """What the models were trained to recognise and on which kind of images (shown beside the upload)."""
+    described: dict[str, list[str]] = {}
+    for loaded in models.values():
+        meta = loaded.meta
+        kind = DATASET_KINDS.get(meta.dataset.get("name", ""), ("", ""))[1]
+        described.setdefault(known_classes(meta) + (f", trained on {kind}" if kind else ""), []).append(
+            meta.display_name
+        )
+    lines = [
+        f"**{' and '.join(names)}** know{'s' if len(names) == 1 else ''} {what}." for what, names in described.items()
+    ]
+    lines.append(
+        "Other photos still get a class and a heatmap, but those mean nothing: a warning above the heatmaps says "
+        "when an image looks unlike the training images."
+    )
+    return "  \n".join(lines)
+
+
+def familiarity_banner(analysis: Analysis) -> str:
+    """A warning naming the models that find the image unfamiliar; '' when every model with a detector finds it
+    familiar (or none has one)."""
+    strangers = [res for res in analysis.results.values() if res.familiarity and res.familiarity.unfamiliar]
+    if not strangers:
+        return ""
+    names = " and ".join(res.meta.display_name for res in strangers)
+    classes = known_classes(strangers[0].meta)
+    whose = "these models were" if len(strangers) == len(analysis.results) else f"{names} was"
+    return (
+        f"⚠️ **This image looks unlike {classes} {whose} trained on** (unfamiliar to {names}): "
+        "the top-5 and heatmaps here are not meaningful."
+    )
+
+
+def familiarity_summary(loaded: LoadedModel) -> str:
+    """One line on the checkpoint's familiarity detector, or 'not available'."""
+    fam = loaded.familiarity
+    if fam is None:
+        return "not available (the checkpoint carries no familiarity statistics)"
+    fit = f", fit on {fam.info['train_images']} training images" if "train_images" in fam.info else ""
+    keep = fam.info.get("keep", 0.95)
+    score = SCORE_NAMES.get(fam.method, fam.method)
+    kept = f"keeps {keep:.0%} of validation images familiar"
+    return f"{fam.method} ({score}), threshold {fam.threshold:.4g}{fit} ({kept})"
+
+
+def _floats(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_value(v) for v in value)
+    return str(value)

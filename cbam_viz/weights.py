@@ -1,0 +1,66 @@
+"""The bundled checkpoints, in one table: each one's file name, the sha256 of that file and what it is.
+
+A bundled file is looked for, in this order, in the folder that $CBAM_VIZ_WEIGHTS names, then in the `weights/`
+folder of the source checkout (which an installed package does not have: set the variable there).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cbam_viz.errors import CbamVizError
+
+WEIGHTS_ENV = "CBAM_VIZ_WEIGHTS"
+CHECKOUT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class BundledWeights:
+    """One bundled checkpoint: its file name, the sha256 of that file, and a one-line summary of the model."""
+
+    file_name: str
+    sha256: str
+    summary: str
+
+    def find(self, environ: Mapping[str, str] | None = None) -> Path | None:
+        """The file in the first folder of `weights_folders` that holds it, or None."""
+        for folder in weights_folders(environ):
+            path = folder / self.file_name
+            if path.is_file():
+                return path
+        return None
+
+    def path(self, environ: Mapping[str, str] | None = None) -> Path:
+        """The file, as `find` finds it; CbamVizError says where it was looked for and what to do."""
+        found = self.find(environ)
+        if found is None:
+            where = ", ".join(str(folder) for folder in weights_folders(environ))
+            raise CbamVizError(
+                f"checkpoint not found: the bundled {self.file_name} is in none of the weights folders ({where}); "
+                f"set {WEIGHTS_ENV} to the folder that holds it, or pass the checkpoint's path"
+            )
+        return found
+
+
+BUNDLED: dict[str, BundledWeights] = {
+    "baseline": BundledWeights(
+        "resnet50_baseline.safetensors",
+        "133ed051f0bb961e4f5cbdf23a8a2ac69ec5bbcc568d3657f05b9badce7ca562",
+        "ResNet50 trained on the 32-class stamp scenes at 224 px",
+    ),
+    "cbam": BundledWeights(
+        "resnet50_cbam.safetensors",
+        "caef358af65316db83f16c4517e0c640193f864916791ec7f5f167104464f731",
+        "CBAM-ResNet50 (the paper's design) trained on the 32-class stamp scenes at 224 px, same recipe",
+    ),
+}
+
+
+def weights_folders(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Where bundled files are looked for, in order: the folder $CBAM_VIZ_WEIGHTS names (when set), the checkout's."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(WEIGHTS_ENV)
+    return [*([Path(named).expanduser()] if named else []), CHECKOUT_WEIGHTS]
