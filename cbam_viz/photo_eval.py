@@ -107,10 +107,10 @@ def checkpoint_labels(samples: PhotoSamples, models: dict[str, LoadedModel]) -> 
 
 
 def ground_truth(
-    annotation: ImageAnnotation | None, image: Image.Image, name: str, class_name: str, mode: str, side: int
+    annotation: ImageAnnotation | None, image: Image.Image, name: str, box_names: set[str], mode: str, side: int
 ) -> GroundTruth | None:
     """The true class's mask and boxes in the frame, or None where there are none (not annotated, or cropped away);
-    `name` is the photo's key, for messages."""
+    `name` is the photo's key, for messages; boxes named by any of `box_names` (readable name, folder id) count."""
     if annotation is None:
         return None
     if annotation.mask is not None:
@@ -119,7 +119,7 @@ def ground_truth(
                                f"the photo is {image.width}x{image.height} px")
         mask = frame_mask(annotation.mask, mode, side)
         return (mask, mask_boxes(mask)) if mask.any() else None
-    own = [b for b in annotation.boxes_at(image.size) if b[0] == class_name]
+    own = [b for b in annotation.boxes_at(image.size) if b[0] in box_names]
     boxes = [tuple(b[1:]) for b in frame_boxes(own, image.size, mode, side)]
     if not boxes:
         return None
@@ -153,7 +153,7 @@ def evaluate_photos(
     if count <= 0:
         raise CbamVizError(f"no photos to evaluate in {samples.root}")
     labels = checkpoint_labels(samples, models)
-    class_set = set(samples.class_names)
+    class_set = set(samples.class_names) | set(samples.split.classes)
     stats = {"annotated": 0, "no_annotation": 0, "no_box_in_frame": 0, "boxes_of_unknown_classes": 0}
     road_seconds = 0.0
     records, unreadable = [], []
@@ -169,8 +169,9 @@ def evaluate_photos(
         road_seconds += seconds
         for j, (i, image, comparison) in enumerate(zip(indices, images, comparisons)):
             class_name = samples.class_names[samples.labels[i]]
+            box_names = {class_name, samples.split.classes[samples.labels[i]]}  # readable name or folder id/synset
             annotation = annotations.lookup(samples.key(i)) if annotations else None
-            truth = ground_truth(annotation, image, samples.key(i), class_name, *frame)
+            truth = ground_truth(annotation, image, samples.key(i), box_names, *frame)
             count_annotation(stats, annotation, truth, class_set)
             record = {"index": i, "file": samples.key(i), "label": class_name, "annotated": truth is not None}
             for key, res in comparison.results.items():

@@ -10,11 +10,30 @@ import torch
 from PIL import Image
 
 from cbam_viz.checkpoints import LoadedModel, ModelMeta, load_checkpoint, load_pair, save_checkpoint, store_familiarity
+from cbam_viz.data.pack import AssetPack
+from cbam_viz.data.splits import materialize_split
+from cbam_viz.data.synthetic import make_synthetic_pack
 from cbam_viz.familiarity import Familiarity, fit_tensors
 from cbam_viz.models import build_model
 
 CLASS_NAMES = ["red square", "green disc", "blue bar", "yellow ring", "white star"]
 INPUT_SIZE = 64
+
+
+def make_stamps(root: Path, split: str, per_class: int, size: int, n_classes: int = 3) -> Path:
+    """A stamp-scenes folder: a small synthetic pack and one materialized split."""
+    make_synthetic_pack(root / "pack", n_classes=n_classes, n_distractors=1, background_size=(96, 72), object_side=48)
+    materialize_split(AssetPack.load(root / "pack"), root, split, per_class=per_class, size=size)
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: the same float sums in a run and its resumed copy, and steadier timing."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_checkpoint(

@@ -28,7 +28,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from benchmarks.load import compare_answer, expected_answer, torch_threads
+from benchmarks.load import compare_answer, expected_answer
 from cbam_viz.cam import fit_within
 from cbam_viz.export import IMAGE_SUFFIXES
 from cbam_viz.app.figure_export import ExportFolder
@@ -71,13 +71,6 @@ def server(tiny_models, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(server) -> Client:
     return Client(server.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Local references with one PyTorch thread: several times faster on a busy shared machine."""
-    with torch_threads(1):
-        yield
 
 
 def upload_raw(url: str, filename: bytes, content: bytes) -> str:

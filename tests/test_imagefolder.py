@@ -26,6 +26,8 @@ from cbam_viz.data.source import DataError, open_data
 from cbam_viz.data.transforms import eval_transform
 from cbam_viz.errors import CbamVizError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE = 32
 BATCH = 4
 STEPS = 4
@@ -33,15 +35,6 @@ STEPS = 4
 CLASSES = {"ant": (230, 30, 30), "Zebra": (30, 200, 40), "bee-2": (40, 60, 230)}
 BROKEN = "ant/broken.jpg"
 CMYK = "bee-2/cmyk.jpg"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the same float sums in a run and its resumed copy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def photo(colour: tuple[int, int, int], seed: int, size: tuple[int, int] = (56, 40)) -> Image.Image:

@@ -89,25 +89,6 @@ def test_coco_converts_xywh_and_maps_categories_by_name(tmp_path):
     assert annotations.lookup("dog/d_2").boxes == ()  # listed without boxes: annotated, nothing in it
 
 
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        ("{not json", "not valid JSON"),
-        (json.dumps({"images": []}), "needs 'images' (id, file_name), 'categories' (id, name) and 'annotations'"),
-        (json.dumps(coco([{"image_id": 1, "category_id": 17}])), "annotations[0] needs image_id, category_id and bbox"),
-        (json.dumps(coco([{"image_id": 1, "category_id": 17, "bbox": [0, 0, 1, 1]},
-                          {"image_id": 9, "category_id": 17, "bbox": [0, 0, 1, 1]}])), "annotations[1] names image 9"),
-        (json.dumps(coco([{"image_id": 1, "category_id": 17, "bbox": [0, 0, 0, 5]}])), "annotations[0]: box"),
-    ],
-)
-def test_malformed_coco_names_file_and_element(tmp_path, content, message):
-    path = tmp_path / "instances.json"
-    path.write_text(content)
-    with pytest.raises(AnnotationError, match="instances.json") as err:
-        load_annotations(boxes=path)
-    assert message in str(err.value)
-
-
 def test_imagenet_csv_reads_several_boxes_per_line(tmp_path):
     path = tmp_path / "LOC_val_solution.csv"
     path.write_text("ImageId,PredictionString\n"
@@ -121,17 +102,23 @@ def test_imagenet_csv_reads_several_boxes_per_line(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
+    ("name", "content", "message"),
     [
-        ("Id,Boxes\nx,n1 1 2 3 4\n", "line 1 must be the header"),
-        ("ImageId,PredictionString\nx,n1 1 2 3 4\ny,n1 1 2 3\n", "line 3 must be 'ImageId,name x0 y0 x1 y1"),
-        ("ImageId,PredictionString\nx,n1 1 2 3 4 n2 1 b 3 4\n", "line 2: box 2 has a non-numeric coordinate"),
+        ("instances.json", "{not json", "not valid JSON"),
+        ("instances.json", json.dumps({"images": []}), "needs 'images' (id, file_name), 'categories' (id, name) and 'annotations'"),
+        ("instances.json", json.dumps(coco([{"image_id": 1, "category_id": 17}])), "annotations[0] needs image_id, category_id and bbox"),
+        ("instances.json", json.dumps(coco([{"image_id": 1, "category_id": 17, "bbox": [0, 0, 1, 1]},
+                          {"image_id": 9, "category_id": 17, "bbox": [0, 0, 1, 1]}])), "annotations[1] names image 9"),
+        ("instances.json", json.dumps(coco([{"image_id": 1, "category_id": 17, "bbox": [0, 0, 0, 5]}])), "annotations[0]: box"),
+        ("LOC_val_solution.csv", "Id,Boxes\nx,n1 1 2 3 4\n", "line 1 must be the header"),
+        ("LOC_val_solution.csv", "ImageId,PredictionString\nx,n1 1 2 3 4\ny,n1 1 2 3\n", "line 3 must be 'ImageId,name x0 y0 x1 y1"),
+        ("LOC_val_solution.csv", "ImageId,PredictionString\nx,n1 1 2 3 4 n2 1 b 3 4\n", "line 2: box 2 has a non-numeric coordinate"),
     ],
 )
-def test_malformed_csv_names_file_and_line(tmp_path, content, message):
-    path = tmp_path / "LOC_val_solution.csv"
+def test_malformed_coco_and_csv_name_file_and_place(tmp_path, name, content, message):
+    path = tmp_path / name
     path.write_text(content)
-    with pytest.raises(AnnotationError, match="LOC_val_solution.csv") as err:
+    with pytest.raises(AnnotationError, match=name) as err:
         load_annotations(boxes=path)
     assert message in str(err.value)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,8 +170,9 @@ def test_object_size_groups_locate_a_gap_on_small_objects():
     assert lines[2].split()[:9] == ["small", "(1.0-3.0%)", "3", "100.0%", "/", "0.0%", "-100.0", "[-100.0,", "-100.0]"]
 
 
-def test_eval_command_end_to_end(tmp_path):
-    pack = AssetPack.load(make_synthetic_pack(tmp_path / "data" / "pack"))
+def stamp_eval(tmp_path: Path, *options: str, n_classes: int = 5) -> tuple[int, MaterializedSplit, Path]:
+    """`eval` of two tiny random checkpoints on a one-scene-per-class test split: (exit code, split, out folder)."""
+    pack = AssetPack.load(make_synthetic_pack(tmp_path / "data" / "pack", n_classes=n_classes))
     materialize_split(pack, tmp_path / "data", "test", per_class=1, size=64)
     split = MaterializedSplit(tmp_path / "data", "test")
     checkpoints = {
@@ -179,7 +181,12 @@ def test_eval_command_end_to_end(tmp_path):
     }
     out = tmp_path / "eval"
     code = main(["eval", "--data", str(tmp_path / "data"), "--baseline", str(checkpoints["baseline"]),
-                 "--cbam", str(checkpoints["cbam"]), "--out", str(out), "--batch-size", "4", "--figure-rows", "3"])
+                 "--cbam", str(checkpoints["cbam"]), "--out", str(out), *options])
+    return code, split, out
+
+
+def test_eval_command_end_to_end(tmp_path):
+    code, split, out = stamp_eval(tmp_path, "--batch-size", "4", "--figure-rows", "3")
     assert code == 0
     report = json.loads((out / "eval.json").read_text())
     assert report["count"] == len(split) == len(split.class_names)
@@ -217,17 +224,7 @@ def test_eval_refuses_checkpoints_of_other_classes(tmp_path, tiny_checkpoints, c
 
 
 def test_eval_road_on_stamp_scenes(tmp_path, capsys):
-    pack = AssetPack.load(make_synthetic_pack(tmp_path / "data" / "pack", n_classes=3))
-    materialize_split(pack, tmp_path / "data", "test", per_class=1, size=64)
-    split = MaterializedSplit(tmp_path / "data", "test")
-    checkpoints = {
-        key: make_checkpoint(tmp_path / f"{key}.safetensors", arch, seed, class_names=split.class_names)
-        for key, arch, seed in (("baseline", "resnet50", 0), ("cbam", "resnet50-cbam", 1))
-    }
-    out = tmp_path / "eval"
-    code = main(["eval", "--data", str(tmp_path / "data"), "--baseline", str(checkpoints["baseline"]),
-                 "--cbam", str(checkpoints["cbam"]), "--out", str(out), "--limit", "2", "--figure-rows", "1",
-                 "--road"])
+    code, split, out = stamp_eval(tmp_path, "--limit", "2", "--figure-rows", "1", "--road", n_classes=3)
     printed = capsys.readouterr().out
     assert code == 0
     rows = [line[:32].strip() for line in printed.splitlines()]

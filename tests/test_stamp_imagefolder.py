@@ -8,22 +8,18 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pytest
+from conftest import make_stamps
 from PIL import Image
 
 from cbam_viz.cli import main as cli_main
 from cbam_viz.data.imagefolder import open_split
-from cbam_viz.data.pack import AssetPack
-from cbam_viz.data.splits import MaterializedSplit, materialize_split
+from cbam_viz.data.splits import MaterializedSplit
 from cbam_viz.data.stamp_imagefolder import mask_box, write_imagefolder
-from cbam_viz.data.synthetic import make_synthetic_pack
 
 
 @pytest.fixture(scope="module")
 def stamps(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("stamps")
-    make_synthetic_pack(root / "pack", n_classes=3, n_distractors=1, background_size=(96, 72), object_side=48)
-    materialize_split(AssetPack.load(root / "pack"), root, "test", per_class=2, size=48)
-    return root
+    return make_stamps(tmp_path_factory.mktemp("stamps"), "test", per_class=2, size=48)
 
 
 def test_mask_box_is_the_tight_inclusive_box():

@@ -19,17 +19,20 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import make_stamps
+from test_imagefolder import photo_root  # noqa: F401 (a fixture)
 
-from cbam_viz.data.pack import AssetPack
-from cbam_viz.data.source import scenes_to_tensors
-from cbam_viz.data.splits import MaterializedSplit, materialize_split
-from cbam_viz.data.synthetic import make_synthetic_pack
 from cbam_viz import train as tr
 from cbam_viz.checkpoints import load_checkpoint, load_pair
+from cbam_viz.data.pack import AssetPack
+from cbam_viz.data.source import scenes_to_tensors
+from cbam_viz.data.splits import MaterializedSplit
 from cbam_viz.errors import CbamVizError
+from cbam_viz.evaluate import evaluate
 from cbam_viz.models import build_model
 from cbam_viz.train.optim import lr_factor, param_groups
-from cbam_viz.evaluate import evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 32
@@ -38,22 +41,11 @@ STEPS = 4
 EVAL_EVERY = 3 * BATCH  # evaluations at steps 3 and 4 (the end)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: steadier timing on a busy machine, and the same float sums in every process we start."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """A stamp-scenes folder: a 3-class synthetic pack and a 6-scene val split at 48 px (resized to 32 when used)."""
     root = tmp_path_factory.mktemp("stamps")
-    make_synthetic_pack(root / "pack", n_classes=3, n_distractors=1, background_size=(96, 72), object_side=48)
-    materialize_split(AssetPack.load(root / "pack"), root, "val", per_class=2, size=48)
-    return root
+    return make_stamps(root, "val", per_class=2, size=48)
 
 
 def argv(data: Path, out: Path, *extra: str, steps: int = STEPS) -> list[str]:
@@ -170,11 +162,13 @@ def _ddp_worker(rank: int, init_file: str, data: str, out: str, result_dir: str)
         dist.destroy_process_group()
 
 
-def test_two_process_gloo_ddp_stays_in_sync(data_dir, tmp_path):
+@pytest.mark.parametrize("source", ["data_dir", "photo_root"])  # stamp scenes; an ImageFolder with an unreadable file
+def test_two_process_gloo_ddp_stays_in_sync(source, request, tmp_path):
+    data = request.getfixturevalue(source)
     out, results = tmp_path / "run", tmp_path / "results"
     results.mkdir()
     torch.multiprocessing.spawn(
-        _ddp_worker, args=(str(tmp_path / "pg"), str(data_dir), str(out), str(results)), nprocs=2, join=True
+        _ddp_worker, args=(str(tmp_path / "pg"), str(data), str(out), str(results)), nprocs=2, join=True
     )
     r0, r1 = (torch.load(results / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["completed"] and r1["completed"]
@@ -290,8 +284,7 @@ def test_init_refuses_other_arch_or_classes(data_dir, tmp_path, straight):
     with pytest.raises(CbamVizError, match="holds a resnet50 checkpoint, but resnet50-cbam"):
         tr.train(parse(argv(data_dir, tmp_path / "a", "--arch", "resnet50-cbam", "--init", source)[2:]))
     other = tmp_path / "other"
-    make_synthetic_pack(other / "pack", n_classes=4, n_distractors=1, background_size=(96, 72), object_side=48)
-    materialize_split(AssetPack.load(other / "pack"), other, "val", per_class=1, size=48)
+    make_stamps(other, "val", per_class=1, size=48, n_classes=4)
     with pytest.raises(CbamVizError, match="trained on 3 classes .* has 4 .* needs the same classes"):
         tr.train(parse(argv(other, tmp_path / "b", "--init", source)[2:]))
     with pytest.raises(CbamVizError, match="checkpoint not found"):

@@ -6,13 +6,15 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import pytest
-from test_train import argv, data_dir, one_thread, parse  # noqa: F401 (fixtures)
+from test_train import argv, data_dir, parse  # noqa: F401 (data_dir is a fixture)
 
 from cbam_viz import train as tr
 from cbam_viz.cbam import CBAMConfig
 from cbam_viz.checkpoints import load_checkpoint
 from cbam_viz.errors import CbamVizError
 from cbam_viz.models import ARCHS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VARIANT = ["--channel-pool", "max", "--spatial-kernel", "3", "--arrangement", "parallel", "--reduction", "8"]
 VARIANT_CONFIG = CBAMConfig(reduction=8, channel_pool="max", kernel_size=3, arrangement="parallel")
