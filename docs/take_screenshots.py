@@ -31,9 +31,10 @@ def main() -> None:
         try:
             for name, options in (("desktop", DESKTOP), ("phone", PHONE)):
                 page = open_with_image(browser, app.url, args.image, options)
-                page.wait_for_selector("#channel-attention img")
+                # The attention tab is not the open one: its pictures are in the page but not shown.
+                page.wait_for_selector("#channel-attention img", state="attached")
                 for stage in ("layer1", "layer2", "layer3", "layer4"):
-                    page.wait_for_selector(f"#attention-{stage} img[src]")
+                    page.wait_for_selector(f"#attention-{stage} img[src]", state="attached")
                 page.evaluate("window.scrollTo(0, 0)")
                 page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
                 print(f"wrote {args.out / f'{name}.png'}")
