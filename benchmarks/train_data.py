@@ -41,11 +41,11 @@ def make_trainer(data: str, options: argparse.Namespace, out: Path) -> Trainer:
 
 
 def timed_steps(trainer: Trainer, batches, steps: int) -> float:
-    """img/s of `steps` training steps fed by `batches` (an iterator of (images, labels))."""
+    """img/s of `steps` training steps fed by `batches` (an iterator of (images, labels[, notes]))."""
     start = time.perf_counter()
     for _ in range(steps):
-        images, labels = next(batches)
-        trainer.train_step(images, labels)
+        batch = next(batches)
+        trainer.train_step(batch[0], batch[1])
     trainer.flush()
     return steps * trainer.cfg.batch_size / (time.perf_counter() - start)
 
@@ -56,7 +56,7 @@ def measure(data: str, options: argparse.Namespace) -> list[float]:
         trainer = make_trainer(data, options, Path(tmp) / "run")
         cfg = trainer.cfg
         loader = iter(trainer.loader(completed=False))
-        images, labels = next(loader)
+        images, labels = next(loader)[:2]
         fixed = (torch.randint(0, 256, images.shape, dtype=torch.uint8), labels.clone())
 
         def bare():

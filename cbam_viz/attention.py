@@ -20,7 +20,8 @@ _RECORDER: contextvars.ContextVar[AttentionMaps | None] = contextvars.ContextVar
 class AttentionMaps:
     """Attention of each CBAM block, keyed by block name ("layer1.0" ... "layer4.2"), in forward order.
 
-    channel[name]: (N, C) channel weights Mc in [0, 1]; spatial[name]: (N, H, W) spatial map Ms in [0, 1].
+    channel[name]: (N, C) channel weights Mc in [0, 1]; spatial[name]: (N, H, W) spatial map Ms in [0, 1], for the
+    blocks that have a spatial gate (a channel-only variant has none).
     """
 
     channel: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -29,11 +30,11 @@ class AttentionMaps:
     @property
     def blocks(self) -> list[str]:
         """Block names in forward order."""
-        return list(self.spatial)
+        return list(self.channel)
 
     def stage(self, stage: int) -> list[str]:
         """Block names of one stage (1..4)."""
-        return [name for name in self.spatial if name.startswith(f"layer{stage}.")]
+        return [name for name in self.channel if name.startswith(f"layer{stage}.")]
 
     def select(self, index: int) -> AttentionMaps:
         """The maps of one image of the batch (keeps the batch dimension out)."""
@@ -54,9 +55,10 @@ def capture_attention() -> Iterator[AttentionMaps]:
         _RECORDER.reset(token)
 
 
-def record(name: str, channel: torch.Tensor, spatial: torch.Tensor) -> None:
+def record(name: str, channel: torch.Tensor, spatial: torch.Tensor | None) -> None:
     """Called by each CBAM block: store its maps if a capture is active in this context (cheap no-op otherwise)."""
     maps = _RECORDER.get()
     if maps is not None:
         maps.channel[name] = channel.detach().float().flatten(1)
-        maps.spatial[name] = spatial.detach().float()[:, 0]
+        if spatial is not None:
+            maps.spatial[name] = spatial.detach().float()[:, 0]

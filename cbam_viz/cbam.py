@@ -164,9 +164,11 @@ class CBAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         arrangement = self.config.arrangement
+        ms = None
         if arrangement == "channel":
-            return x * self.channel(x)  # no spatial map: nothing for attention captures to record
-        if arrangement == "channel-spatial":
+            mc = self.channel(x)
+            out = x * mc
+        elif arrangement == "channel-spatial":
             mc = self.channel(x)
             x = x * mc
             ms = self.spatial(x)

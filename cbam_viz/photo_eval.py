@@ -23,7 +23,7 @@ from tqdm import tqdm
 from cbam_viz.cam import run_models
 from cbam_viz.checkpoints import LoadedModel, preview_names
 from cbam_viz.data.annotations import Annotations, ImageAnnotation, load_annotations
-from cbam_viz.data.imagefolder import PhotoSplit, open_split
+from cbam_viz.data.imagefolder import PhotoSplit, open_split, unreadable_line
 from cbam_viz.errors import CbamVizError
 from cbam_viz.evaluate import figure_rows, format_table, write_outputs
 from cbam_viz.faithfulness import ROAD_METRIC, road_cost, road_for_batch
@@ -82,13 +82,13 @@ def photo_samples(data: Path, split: str) -> PhotoSamples:
 
 
 def readable(samples: PhotoSamples, indices: range, unreadable: list[str]) -> list[tuple[int, Image.Image]]:
-    """(index, image) of the photos among `indices` that decode; the others' paths are appended to `unreadable`."""
+    """(index, image) of the photos among `indices` that decode; the others' "path (reason)" go to `unreadable`."""
     loaded = []
     for i in indices:
         try:
             loaded.append((i, samples.image(i)))
-        except ImageError:
-            unreadable.append(samples.split.samples[i].rel)
+        except ImageError as err:
+            unreadable.append(f"{samples.split.samples[i].rel} ({err})")
     return loaded
 
 
@@ -231,8 +231,7 @@ def run_photos(args: argparse.Namespace, models: dict[str, LoadedModel]) -> int:
     print(f"{args.split} split of {args.data}: {result['count']} photos, {len(samples.class_names)} classes; "
           f"preprocessing: {describe(*frame)}; input " + " / ".join(f"{s} px" for s in input_sizes.values()))
     if result["unreadable"]:
-        print(f"{len(result['unreadable'])} unreadable photo(s) left out: {', '.join(result['unreadable'][:3])}"
-              + (", ..." if len(result["unreadable"]) > 3 else ""))
+        print(unreadable_line(f"{args.split} split", result["unreadable"], "left out"))
     print(annotation_line(annotations, stats, result["count"]))
     print(format_table(summary, names, paired, rows, unit="images"))
     if args.road:

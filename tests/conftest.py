@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cbam_viz.cbam import CBAMConfig
 from cbam_viz.checkpoints import LoadedModel, ModelMeta, load_checkpoint, load_pair, save_checkpoint, store_familiarity
 from cbam_viz.data.pack import AssetPack
 from cbam_viz.data.splits import materialize_split
@@ -37,16 +38,17 @@ def one_thread():
 
 
 def make_checkpoint(
-    path: Path, arch: str, seed: int, input_size: int = INPUT_SIZE, class_names: list[str] | None = None
+    path: Path, arch: str, seed: int, input_size: int = INPUT_SIZE, class_names: list[str] | None = None,
+    cbam: CBAMConfig | None = None,
 ) -> Path:
     """Write a random-weight checkpoint in our safetensors format (spatial BN non-zero so maps vary)."""
     class_names = list(class_names or CLASS_NAMES)
     torch.manual_seed(seed)
-    model = build_model(arch, len(class_names))
+    model = build_model(arch, len(class_names), cbam=cbam)
     for module in model.modules():
-        if hasattr(module, "spatial"):
+        if getattr(module, "spatial", None) is not None:
             torch.nn.init.normal_(module.spatial.bn.weight, 1.0, 0.1)
-    meta = ModelMeta(arch=arch, class_names=class_names, input_size=input_size, recipe={"note": "test"})
+    meta = ModelMeta(arch=arch, class_names=class_names, input_size=input_size, recipe={"note": "test"}, cbam=cbam)
     save_checkpoint(path, model.eval(), meta)
     return path
 

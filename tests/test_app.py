@@ -31,9 +31,11 @@ from cbam_viz.app.controls import normalise_target, parse_box
 from cbam_viz.app.figure_export import ExportFolder
 from cbam_viz.app.server import StudioBlocks, user_errors
 from cbam_viz.app.studio import Studio
-from cbam_viz.app.views import scores_json
+from cbam_viz.app.views import attention_overlay, scores_json
+from cbam_viz.cbam import CBAMConfig
+from cbam_viz.checkpoints import load_pair
 from tests.apphelpers import ROOT, app, free_port, serve
-from tests.conftest import CLASS_NAMES, random_image
+from tests.conftest import CLASS_NAMES, make_checkpoint, random_image
 
 EXAMPLE = ROOT / "examples" / "green_disc.png"
 
@@ -386,6 +388,22 @@ def test_studio_fast_retarget_equals_a_fresh_compare(tiny_models):
     assert studio.model_runs == 2
     # the same pixels from a file are the same cache entry
     assert studio.open(Image.fromarray(np.asarray(source.image))).key == source.key
+
+
+def test_a_channel_only_cbam_shows_its_channel_weights_and_says_it_has_no_spatial_map(tiny_checkpoints, tmp_path):
+    cbam = make_checkpoint(tmp_path / "channel.safetensors", "resnet50-cbam", 3, cbam=CBAMConfig(arrangement="channel"))
+    models = load_pair(tiny_checkpoints["baseline"], cbam)
+    studio = Studio(models, examples_dir=None)
+    analysis = studio.analyse(studio.open(random_image(62)))
+    attention = analysis.results["cbam"].attention
+    assert attention.blocks[-1] == "layer4.2" and attention.stage(1) == ["layer1.0", "layer1.1", "layer1.2"]
+    assert not attention.spatial and attention.channel["layer4.2"].shape == (2048,)
+    picture, caption = attention_overlay(analysis, "layer3.5")
+    assert picture is None and caption == "layer3.5 · channel attention only: this CBAM variant has no spatial map"
+    assert "attention_agreement" not in scores_json(analysis)["models"]["cbam"]
+    fig = channel_attention_figure(attention, ["layer1.2", "layer2.3", "layer3.5", "layer4.2"])
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == [
+        "layer1.2: 256 channels", "layer2.3: 512 channels", "layer3.5: 1024 channels", "layer4.2: 2048 channels"]
 
 
 def test_studio_examples_masks_and_uploads(tiny_models, tmp_path):

@@ -124,10 +124,11 @@ def test_cbam_matches_hand_computation(grad, variant):
         out = module(x).detach()
     mc, ms, expected = hand_cbam(module, x[0].detach().double().numpy())
     np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-5)
-    if ms is None:  # channel only: no spatial map, so nothing is recorded
-        assert not maps.blocks and not maps.channel
+    assert maps.blocks == ["blk"]
+    np.testing.assert_allclose(maps.channel["blk"][0].detach().numpy(), mc, atol=1e-6)
+    if ms is None:  # channel only: its channel weights are recorded, and no spatial map
+        assert not maps.spatial
     else:
-        np.testing.assert_allclose(maps.channel["blk"][0].detach().numpy(), mc, atol=1e-6)
         np.testing.assert_allclose(maps.spatial["blk"][0].detach().numpy(), ms, atol=1e-6)
         assert ms.std() > 1e-3  # the maps really vary: a check that cannot pass with constant 0.5 maps
     assert mc.std() > 1e-3

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import warnings
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,31 +80,32 @@ def test_unreadable_image_is_replaced_by_the_next_of_its_class(photo_root):
     split = photos.open_split(photo_root, "train")
     broken = next(i for i, s in enumerate(split.samples) if s.rel == BROKEN)
     members = split.members(split.samples[broken].label)
-    with pytest.warns(photos.UnreadableImageWarning, match="broken.jpg is unreadable"):
-        image, used = split.load_readable(broken)
+    assert split.note(broken) == ""  # not met yet
+    image, used = split.load_readable(broken)
     assert used == members[(members.index(broken) + 1) % len(members)]
     assert np.array_equal(np.asarray(image), np.asarray(split.load(used)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # reported once per process: no second warning
-        assert split.load_readable(broken)[1] == used
-    assert list(split.unreadable) == [BROKEN]
-    # the validation tensors leave it out and say so in one line
-    lines = []
-    images, labels = photos.split_to_tensors(split, SIZE, "center", range(len(split)), log=lines.append)
-    assert len(images) == len(split) - 1 and len(lines) == 1 and "1 unreadable image(s)" in lines[0]
-    assert BROKEN in lines[0] and images.dtype == torch.uint8 and images.shape[1:] == (3, SIZE, SIZE)
+    assert split.load_readable(broken)[1] == used and list(split.unreadable) == [BROKEN]
+    assert split.note(broken).startswith(f"{BROKEN} (") and split.note(used) == ""
+    # a training item that replaced it names it; an evaluation item is zeros with the UNREADABLE label
+    stream = photos.PhotoTrainStream(split, SIZE, length=len(split), seed=0)
+    i = next(i for i in range(len(split)) if stream.sample_index(i) == broken)
+    assert stream[i][1] == split.samples[broken].label and stream[i][2] == split.note(broken)
+    pixels, label, note = photos.PhotoDataset(split, SIZE, "center")[broken]
+    assert label == photos.UNREADABLE and note.startswith(BROKEN) and not pixels.any()
+    assert photos.PhotoDataset(split, SIZE, "center")[used][2] == ""
+    line = photos.unreadable_line("train", [f"f{k}.jpg (bad)" for k in range(5)], "left out")
+    assert line == "train: 5 unreadable image(s) left out: f0.jpg (bad); f1.jpg (bad); f2.jpg (bad) ..."
 
 
 def test_cmyk_jpeg_decodes_as_rgb(photo_root):
     split = photos.open_split(photo_root, "train")
     i = next(i for i, s in enumerate(split.samples) if s.rel == CMYK)
-    image, label = photos.PhotoDataset(split, SIZE, "whole")[i]
-    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.uint8 and split.classes[label] == "bee-2"
+    image, label, note = photos.PhotoDataset(split, SIZE, "whole")[i]
+    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.uint8 and split.classes[label] == "bee-2" and not note
     red, green, blue = image.float().mean(dim=(1, 2)).tolist()
     assert red > 200 and green < 50 and blue < 50
 
 
-@pytest.mark.filterwarnings("ignore::cbam_viz.data.imagefolder.UnreadableImageWarning")
 def test_training_items_depend_on_seed_and_index_alone(photo_root):
     split = photos.open_split(photo_root, "train")
     stream = photos.PhotoTrainStream(split, SIZE, length=30, seed=3, augment="trivialaugment")
@@ -176,8 +177,10 @@ def test_imagenet_flat_val_labels_boxes_and_mapping_names(tmp_path):
     data = open_data(tmp_path)
     assert data.class_names == ["tench", "goldfish"] and data.info["class_ids"] == ["n01440764", "n01443537"]
     assert data.info["layout"] == {"train": "imagefolder", "val": "imagenet-flat"}
-    images, labels = data.val_split(SIZE, 0, 1)
-    assert images.shape == (3, 3, SIZE, SIZE) and labels.tolist() == [0, 1, 0]
+    items = data.val_split(SIZE, 0, 1)
+    assert len(items) == 3 and [item[1] for item in items] == [0, 1, 0]
+    assert items[0][0].shape == (3, SIZE, SIZE) and [item[2] for item in items] == ["", "", ""]
+    assert [item[1] for item in data.val_split(SIZE, 1, 2)] == [1]  # rank 1 of 2: every second image
     # words.txt (tab-separated) works the same; the ids stay the class ids
     (tmp_path / "LOC_synset_mapping.txt").unlink()
     (tmp_path / "words.txt").write_text("n01440764\ttench, Tinca tinca\n")
@@ -219,8 +222,7 @@ def test_a_class_without_a_readable_image_is_an_error(tmp_path):
     write_classes(tmp_path / "val", 1, 0)
     for path in (tmp_path / "train" / "Zebra").iterdir():
         path.write_bytes(b"garbage")
-    with pytest.warns(photos.UnreadableImageWarning), pytest.raises(photos.PhotoFolderError,
-                                                                     match="class 'Zebra' .* has no readable image"):
+    with pytest.raises(photos.PhotoFolderError, match="class 'Zebra' .* has no readable image"):
         open_data(tmp_path)
     (tmp_path / "train" / "fly").mkdir()  # no image at all: torchvision's own check, as a clear error
     with pytest.raises(photos.PhotoFolderError, match="Found no valid file for the classes fly"):
@@ -244,11 +246,19 @@ def argv(data: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.mark.filterwarnings("ignore::cbam_viz.data.imagefolder.UnreadableImageWarning")
-def test_training_on_a_photo_folder_writes_loadable_checkpoints(photo_root, tmp_path):
-    out = tmp_path / "run"
-    result = tr.train(parse(argv(photo_root, out, "--arch", "resnet50-cbam")))
-    assert result.completed and result.history[-1]["val_images"] == 6
+def test_training_on_a_photo_folder_writes_loadable_checkpoints(photo_root, tmp_path, capsys):
+    data, out = tmp_path / "photos", tmp_path / "run"
+    shutil.copytree(photo_root, data)
+    (data / "val" / "ant" / "bad.png").write_bytes(b"not a png")
+    result = tr.train(parse(argv(data, out, "--arch", "resnet50-cbam")))
+    assert result.completed and len(result.history) == 2 and result.history[-1]["val_images"] == 6
+    # each split's unreadable files: counted and named once, though both validations met them
+    lines = [line for line in capsys.readouterr().out.splitlines() if "unreadable" in line]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{data / 'train'}: 1 unreadable image(s) replaced by the next readable image of "
+                               f"their class: {BROKEN} (broken.jpg is truncated or corrupt")
+    assert lines[1].startswith(f"{data / 'val'}: 1 unreadable image(s) left out of validation: ant/bad.png "
+                               "(bad.png is not an image file")
     loaded = load_checkpoint(out / tr.FINAL)
     meta = loaded.meta
     assert meta.arch == "resnet50-cbam" and meta.class_names == ["Zebra", "ant", "bee-2"] and meta.input_size == SIZE
@@ -260,7 +270,6 @@ def test_training_on_a_photo_folder_writes_loadable_checkpoints(photo_root, tmp_
     assert logits.shape == (1, 3)
 
 
-@pytest.mark.filterwarnings("ignore::cbam_viz.data.imagefolder.UnreadableImageWarning")
 def test_resume_on_a_photo_folder_is_exact(photo_root, tmp_path):
     extra = ("--arch", "resnet50", "--augment", "trivialaugment")
     straight = tr.train(parse(argv(photo_root, tmp_path / "straight", *extra)))
@@ -278,7 +287,6 @@ def test_resume_on_a_photo_folder_is_exact(photo_root, tmp_path):
         tr.train(parse(argv(photo_root, out, "--augment", "randaugment")))
 
 
-@pytest.mark.filterwarnings("ignore::cbam_viz.data.imagefolder.UnreadableImageWarning")
 def test_photo_only_and_scene_only_options_are_refused_elsewhere(photo_root, tmp_path):
     (tmp_path / "scenes" / "pack").mkdir(parents=True)
     (tmp_path / "scenes" / "val").mkdir()

@@ -155,7 +155,8 @@ def _ddp_worker(rank: int, init_file: str, data: str, out: str, result_dir: str)
     try:
         result = tr.train(parse(argv(Path(data), Path(out), steps=3)))
         torch.save(
-            {"state": result.model.state_dict(), "history": result.history, "completed": result.completed},
+            {"state": result.model.state_dict(), "history": result.history, "completed": result.completed,
+             "unreadable": result.unreadable},
             Path(result_dir) / f"rank{rank}.pt",
         )
     finally:
@@ -177,6 +178,9 @@ def test_two_process_gloo_ddp_stays_in_sync(source, request, tmp_path):
     assert [[r[k] for k in key] for r in r0["history"]] == [[r[k] for k in key] for r in r1["history"]]
     assert all(math.isfinite(row["train_loss"]) for row in r0["history"])
     assert r0["history"][-1]["images"] == 3 * BATCH and r0["history"][-1]["val_images"] == 6
+    # the unreadable training file one rank met is reported from both ranks' notes, the same on each
+    expected = ["ant/broken.jpg (broken.jpg is truncated or corrupt.)"] if source == "photo_root" else []
+    assert r0["unreadable"] == r1["unreadable"] == {"train": expected, "val": []}
     assert not torch.equal(r0["state"]["fc.weight"], build_model("resnet50", 3).state_dict()["fc.weight"])
     assert sorted(p.name for p in out.iterdir()) == [
         "best.safetensors", "curves.png", "final.safetensors", "last.pt", "metrics.csv",

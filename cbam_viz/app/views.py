@@ -67,11 +67,14 @@ def pick_block(attention: Any, stage: str, block: object) -> str:
 
 def attention_overlay(
     analysis: Analysis, block: str, opacity: float = 0.5, colormap: str = "jet"
-) -> tuple[Image.Image, str]:
-    """One CBAM block's spatial attention, stretched to [0, 1] and overlaid; plus a caption with its true range."""
+) -> tuple[Image.Image | None, str]:
+    """One CBAM block's spatial attention, stretched to [0, 1] and overlaid, and a caption with its true range;
+    no picture, and a caption saying so, for a block without a spatial gate."""
     attention = analysis.results["cbam"].attention
     if attention is None:
         raise CbamVizError("the CBAM checkpoint recorded no attention maps")
+    if block not in attention.spatial:
+        return None, f"{block} · channel attention only: this CBAM variant has no spatial map"
     spatial = attention.spatial[block].float().cpu().numpy()
     low, high = float(spatial.min()), float(spatial.max())
     stretched = (spatial - low) / (high - low) if high > low else np.zeros_like(spatial)
@@ -81,10 +84,11 @@ def attention_overlay(
 
 
 def last_attention_agreement(result: ModelResult) -> tuple[str, float] | None:
-    """Pearson correlation between CBAM's last spatial attention map and the result's heatmap (None for baseline)."""
-    if result.attention is None or not result.attention.blocks:
+    """Pearson correlation between CBAM's last spatial attention map and the result's heatmap (None for the baseline
+    and for a variant without spatial maps)."""
+    if result.attention is None or not result.attention.spatial:
         return None
-    block = result.attention.blocks[-1]
+    block = list(result.attention.spatial)[-1]
     heat = result.heatmaps[0]
     spatial = result.attention.spatial[block].float().cpu().numpy()[None]
     return block, agreement(upsample(spatial, (heat.shape[1], heat.shape[0]))[0], heat)

@@ -7,17 +7,17 @@ Readable class names come from `LOC_synset_mapping.txt` or `words.txt` in the ro
 tinca" -> "tench"), else, for exactly 1000 ImageNet synsets, from torchvision's ImageNet category list, else they
 are the folder names.
 
-Images are decoded by `cbam_viz.images.load_image`. An unreadable image is replaced by the next readable image of
-its class (in sample order), so a long run never stops on one bad file and item i is the same in every process and
-after a resume; the first one a process meets is reported, and `unreadable` counts them.
+Images are decoded by `cbam_viz.images.load_image`. In training an unreadable image is replaced by the next
+readable image of its class (in sample order), so a long run never stops on one bad file and item i is the same in
+every process and after a resume; in evaluation it is left out. Items carry a note naming the unreadable file, so the
+process that reads the batches (not the loader worker that met it) counts and reports them.
 """
 
 from __future__ import annotations
 
 import csv
 import re
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ MAPPING_FILES = ("LOC_synset_mapping.txt", "words.txt")
 SYNSET = re.compile(r"n\d{8}")
 IMAGENET_CLASSES = 1000
 SHOWN_PATHS = 3  # unreadable files named in a report
+UNREADABLE = -1  # the label of an evaluation item whose image could not be decoded (its pixels are zeros)
 ORDER_STREAM = 4  # the seeds of the training order, apart from the items' seeds (transforms.ITEM_STREAM)
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in the original image's pixels
@@ -42,10 +43,6 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in the original image'
 
 class PhotoFolderError(CbamVizError):
     """A photo folder whose layout, labels or images cannot be used."""
-
-
-class UnreadableImageWarning(UserWarning):
-    """An image of a photo folder could not be decoded and was replaced or skipped."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +87,7 @@ class PhotoSplit:
             try:
                 return self.load(j), j
             except ImageError as err:
-                self._note_unreadable(j, str(err))
+                self.unreadable[self.samples[j].rel] = str(err)
         first = self.samples[members[0]].rel
         raise PhotoFolderError(
             f"class {self.classes[self.samples[i].label]!r} of {self.root / self.name} has no readable image "
@@ -105,16 +102,10 @@ class PhotoSplit:
                 self._members.setdefault(sample.label, []).append(k)
         return self._members.get(label, [])
 
-    def _note_unreadable(self, i: int, reason: str) -> None:
+    def note(self, i: int) -> str:
+        """"path (reason)" of sample i if it was found unreadable here, else ""."""
         rel = self.samples[i].rel
-        if not self.unreadable:
-            warnings.warn(
-                f"{self.root / self.name}: {rel} is unreadable ({reason}); such images are replaced by the next "
-                "readable image of their class (this is reported once per process)",
-                UnreadableImageWarning,
-                stacklevel=3,
-            )
-        self.unreadable[rel] = reason
+        return f"{rel} ({self.unreadable[rel]})" if rel in self.unreadable else ""
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_members": None}  # rebuilt where needed: cheaper than pickling it
@@ -247,20 +238,27 @@ def check_classes(split: PhotoSplit) -> None:
 
 
 class PhotoDataset(Dataset):
-    """Items (uint8 3 x size x size, label) of a split under a fixed preprocessing ("center" or "whole")."""
+    """Items (uint8 3 x size x size, label, note) of the samples `indices` (default all) of a split under a fixed
+    preprocessing ("center" or "whole"). An unreadable image gives zeros, label UNREADABLE and a note naming it."""
 
-    def __init__(self, split: PhotoSplit, size: int, preprocess: str = "center") -> None:
+    def __init__(self, split: PhotoSplit, size: int, preprocess: str = "center",
+                 indices: Iterable[int] | None = None) -> None:
         if preprocess not in PREPROCESS:
             raise PhotoFolderError(f"preprocess must be one of {', '.join(PREPROCESS)}, not {preprocess!r}")
         self.split, self.size, self.preprocess = split, int(size), preprocess
+        self.indices = list(range(len(split)) if indices is None else indices)
         self.transform = eval_transform(self.size, preprocess)
 
     def __len__(self) -> int:
-        return len(self.split)
+        return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image, _ = self.split.load_readable(i)
-        return self.transform(image), self.split.samples[i].label
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        k = self.indices[i]
+        try:
+            return self.transform(self.split.load(k)), self.split.samples[k].label, ""
+        except ImageError as err:
+            return (torch.zeros((3, self.size, self.size), dtype=torch.uint8), UNREADABLE,
+                    f"{self.split.samples[k].rel} ({err})")
 
 
 class PhotoTrainStream(Dataset):
@@ -284,33 +282,19 @@ class PhotoTrainStream(Dataset):
             self._perm = (epoch, torch.randperm(len(self.split), generator=generator))
         return int(self._perm[1][pos])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        """(uint8 3 x size x size, label, note): the note names sample k when it was unreadable and replaced."""
         if not 0 <= i < self.length:
             raise IndexError(f"item {i} out of range for {self.length} training images")
         k = self.sample_index(i)
         image, _ = self.split.load_readable(k)
-        return seeded(self.transform, image, item_seed(self.seed, i)), self.split.samples[k].label
+        return seeded(self.transform, image, item_seed(self.seed, i)), self.split.samples[k].label, self.split.note(k)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_perm": None}
 
 
-def split_to_tensors(
-    split: PhotoSplit, size: int, preprocess: str, indices: Iterable[int], log: Callable[[str], None]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The readable images among `indices` under `preprocess` -> (uint8 N x 3 x size x size, int64 labels);
-    unreadable ones are left out and reported in one `log` line."""
-    transform = eval_transform(size, preprocess)
-    images, labels, bad = [], [], []
-    for i in indices:
-        try:
-            images.append(transform(split.load(i)))
-            labels.append(split.samples[i].label)
-        except ImageError as err:
-            bad.append(f"{split.samples[i].rel} ({err})")
-    if bad:
-        log(f"{split.root / split.name}: {len(bad)} unreadable image(s) left out: {'; '.join(bad[:SHOWN_PATHS])}"
-            + (" ..." if len(bad) > SHOWN_PATHS else ""))
-    if not images:
-        return torch.zeros((0, 3, size, size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+def unreadable_line(where: str, notes: list[str], what: str) -> str:
+    """One report of unreadable images: their count and the first few, e.g. "3 unreadable image(s) left out"."""
+    more = " ..." if len(notes) > SHOWN_PATHS else ""
+    return f"{where}: {len(notes)} unreadable image(s) {what}: {'; '.join(notes[:SHOWN_PATHS])}{more}"

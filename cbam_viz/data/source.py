@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,12 @@ class DataSource:
 
     class_names: list[str]
     info: dict  # recorded as the checkpoints' `dataset` metadata (pack hash or file-list hash, counts...)
-    # (size, length, seed, target_scale) -> items (uint8 CHW tensor, label); item i is the stream's i-th image
+    # (size, length, seed, target_scale) -> items (uint8 CHW tensor, label[, note]); item i is the stream's i-th
+    # image; a note names an unreadable file the item replaced ("" for none)
     train_dataset: Callable[[int, int, int, tuple[float, float]], Dataset]
-    val_split: Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]  # (size, rank, world) -> uint8 NCHW, labels
+    # (size, rank, world) -> this rank's share of the validation items (uint8 CHW tensor, label, note); an
+    # unreadable image has label imagefolder.UNREADABLE and a note naming it
+    val_split: Callable[[int, int, int], Dataset]
     augmentation: str = SCENE_AUGMENTATION  # what the recipe says about training-time augmentation
 
 
@@ -96,8 +98,8 @@ def open_scenes(root: Path) -> DataSource:
     def train_dataset(size: int, length: int, seed: int, target_scale: tuple[float, float]) -> Dataset:
         return SceneDataset(pack, "train", size=size, length=length, seed=seed, target_scale=target_scale)
 
-    def val_split(size: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return scenes_to_tensors((val[i] for i in range(rank, len(val), world)), size)
+    def val_split(size: int, rank: int, world: int) -> Dataset:
+        return SceneItems(val, size, range(rank, len(val), world))
 
     info = {
         "name": "stamp scenes",
@@ -109,18 +111,37 @@ def open_scenes(root: Path) -> DataSource:
     return DataSource(list(pack.class_names), info, train_dataset, val_split)
 
 
+def scene_tensor(scene, size: int) -> torch.Tensor:
+    """A scene's image (`.image` PIL) resized to size x size -> uint8 3 x size x size."""
+    image = scene.image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
 def scenes_to_tensors(scenes: Iterable, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Scenes (`.image` PIL, `.label`) resized to size x size -> (uint8 N x 3 x size x size, int64 labels)."""
     images, labels = [], []
     for scene in scenes:
-        image = scene.image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
-        images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+        images.append(scene_tensor(scene, size))
         labels.append(int(scene.label))
     if not images:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+class SceneItems(Dataset):
+    """Validation items (uint8 3 x size x size, label, "") of the scenes `indices` of a materialised split."""
+
+    def __init__(self, split: MaterializedSplit, size: int, indices: Iterable[int]) -> None:
+        self.split, self.size, self.indices = split, int(size), list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        scene = self.split[self.indices[i]]
+        return scene_tensor(scene, self.size), int(scene.label), ""
 
 
 def open_photos(root: Path, augment: str = "none") -> DataSource:
@@ -133,8 +154,8 @@ def open_photos(root: Path, augment: str = "none") -> DataSource:
     def train_dataset(size: int, length: int, seed: int, target_scale: tuple[float, float]) -> Dataset:
         return photos.PhotoTrainStream(train, size, length, seed, augment)
 
-    def val_split(size: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return photos.split_to_tensors(val, size, "center", range(rank, len(val), world), log=_stderr)
+    def val_split(size: int, rank: int, world: int) -> Dataset:
+        return photos.PhotoDataset(val, size, "center", range(rank, len(val), world))
 
     info = {
         "name": "ImageNet-1k" if photos.is_imagenet(train.classes) else "image folder",
@@ -159,7 +180,3 @@ def files_hash(*splits: photos.PhotoSplit) -> str:
         for sample in split.samples:
             digest.update(f"\n{sample.rel}\t{sample.label}".encode())
     return digest.hexdigest()
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)

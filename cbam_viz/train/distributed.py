@@ -56,3 +56,10 @@ def all_reduce(values: list[float], device: torch.device, op=None) -> list[float
 
 def broadcast_flag(flag: bool, device: torch.device) -> bool:
     return bool(all_reduce([float(flag)], device, dist.ReduceOp.MAX if dist.is_available() else None)[0])
+
+
+def gather_notes(notes: list[str]) -> list[str]:
+    """Every rank's notes, rank 0's first, without repeats (all ranks must call it)."""
+    gathered: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, notes)
+    return list(dict.fromkeys(note for rank_notes in gathered for note in rank_notes or ()))

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,12 +45,14 @@ from cbam_viz.train.config import (
     TrainError,
     resolve_config,
 )
+from cbam_viz.data.imagefolder import UNREADABLE, unreadable_line
 from cbam_viz.data.source import DataSource, open_data
 from cbam_viz.train.data import StepBatches, worker_init
-from cbam_viz.train.distributed import Dist, all_reduce, broadcast_flag, setup_distributed
+from cbam_viz.train.distributed import Dist, all_reduce, broadcast_flag, gather_notes, setup_distributed
 from cbam_viz.train.optim import lr_factor, param_groups
 from cbam_viz.train.run_files import load_last, write_curves, write_metrics_csv
 
+VAL_BATCH = 64  # validation images per forward pass
 
 def autocast(device: torch.device, precision: str):
     """The autocast context of a run's precision ("fp32" turns it off)."""
@@ -67,31 +70,36 @@ def prepare(images: torch.Tensor, device: torch.device, mean: torch.Tensor, std:
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    batches: Iterable,
     precision: str,
     device: torch.device,
     mean: torch.Tensor,
     std: torch.Tensor,
-    batch: int = 64,
-) -> tuple[float, float, int]:
-    """Top-1 and top-5 accuracy (%) of the validation images, summed over all ranks' shards."""
+) -> tuple[float, float, int, list[str]]:
+    """Top-1 and top-5 accuracy (%) of the validation batches (images, labels, notes), summed over all ranks'
+    shards, and this rank's notes of unreadable images (which are left out)."""
     was_training = model.training
     model.eval()
-    correct1 = correct5 = 0
-    for i in range(0, len(images), batch):
-        x = prepare(images[i : i + batch], device, mean, std)
-        y = labels[i : i + batch].to(device)
+    correct1 = correct5 = seen = 0
+    notes: list[str] = []
+    for images, labels, batch_notes in batches:
+        notes += [note for note in batch_notes if note]
+        keep = labels != UNREADABLE
+        if not keep.any():
+            continue
+        x = prepare(images[keep], device, mean, std)
+        y = labels[keep].to(device)
         with autocast(device, precision):
             logits = model(x)
         top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == y[:, None]
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(dim=1).sum())
+        seen += len(y)
     model.train(was_training)
-    c1, c5, n = all_reduce([correct1, correct5, len(images)], device)
+    c1, c5, n = all_reduce([correct1, correct5, seen], device)
     n = int(n)
-    return (100.0 * c1 / n if n else float("nan"), 100.0 * c5 / n if n else float("nan"), n)
+    return (100.0 * c1 / n if n else float("nan"), 100.0 * c5 / n if n else float("nan"), n, notes)
 
 
 @dataclass
@@ -103,6 +111,7 @@ class TrainResult:
     step: int
     completed: bool
     history: list[dict] = field(default_factory=list)
+    unreadable: dict[str, list[str]] = field(default_factory=dict)  # split -> notes of its unreadable files, all ranks
 
 
 class _StopRequest:
@@ -192,7 +201,9 @@ class Trainer:
         self.net = self._wrap(self.model)
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        self.val_images, self.val_labels = data.val_split(cfg.size, ctx.rank, ctx.world)
+        self.val_loader: DataLoader | None = None  # made at the first validation, its workers kept for the next
+        self.unreadable: dict[str, dict[str, None]] = {"train": {}, "val": {}}  # split -> notes met (ordered set)
+        self.reported: dict[str, list[str]] = {"train": [], "val": []}  # as last reported, over all ranks
         self.running = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct (flushed into acc)
         self.started = time.monotonic()
         self.bar = None
@@ -359,9 +370,11 @@ class Trainer:
         if ctx.enabled:  # each rank updated its BN running stats on its own batch last: use rank 0's everywhere
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, 0)
-        top1, top5, n_val = evaluate(
-            self.model, self.val_images, self.val_labels, self.cfg.precision, self.device, self.mean, self.std
+        top1, top5, n_val, notes = evaluate(
+            self.model, self.validation_batches(), self.cfg.precision, self.device, self.mean, self.std
         )
+        self.note_unreadable("val", notes)
+        self.report_unreadable()
         loss_sum, correct, seen, n_steps = all_reduce(
             [acc["loss"], acc["correct"], acc["seen"], acc["steps"]], self.device
         )
@@ -399,12 +412,40 @@ class Trainer:
         return DataLoader(
             self.data.train_dataset(cfg.size, cfg.total_images, cfg.seed, cfg.target_scale),
             batch_sampler=StepBatches(self.step, cfg.steps, cfg.batch_size, self.ctx.rank, self.ctx.world),
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            worker_init_fn=worker_init if workers else None,
-            prefetch_factor=4 if workers else None,
-            persistent_workers=False,
+            **self._loader_options(workers),
         )
+
+    def validation_batches(self) -> DataLoader:
+        """This rank's share of the validation split, read anew each time (never held in memory as a whole)."""
+        if self.val_loader is None:
+            self.val_loader = DataLoader(
+                self.data.val_split(self.cfg.size, self.ctx.rank, self.ctx.world),
+                batch_size=VAL_BATCH,
+                **self._loader_options(self.cfg.workers),
+            )
+        return self.val_loader
+
+    def _loader_options(self, workers: int) -> dict:
+        return {
+            "num_workers": workers,
+            "pin_memory": self.device.type == "cuda",
+            "worker_init_fn": worker_init if workers else None,
+            "prefetch_factor": 4 if workers else None,
+            "persistent_workers": workers > 0,
+        }
+
+    def note_unreadable(self, split: str, notes: Iterable[str]) -> None:
+        """Remember the unreadable files named by a batch's notes ("" = none)."""
+        self.unreadable[split].update((note, None) for note in notes if note)
+
+    def report_unreadable(self) -> None:
+        """One line per split whose count of unreadable files (over all ranks) grew since the last report."""
+        for split, what in (("train", "replaced by the next readable image of their class"),
+                            ("val", "left out of validation")):
+            notes = gather_notes(list(self.unreadable[split])) if self.ctx.enabled else list(self.unreadable[split])
+            if len(notes) > len(self.reported[split]) and self.ctx.main:
+                self.bar.write(unreadable_line(str(Path(self.cfg.data) / split), notes, what))
+            self.reported[split] = notes
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
         """One optimiser step on a batch; returns the (on-device) loss and the learning rate it used."""
@@ -458,15 +499,19 @@ class Trainer:
             )
         self.started = time.monotonic()
         lr = self.optimizer.param_groups[0]["lr"]
-        with _StopRequest() as stop:
-            self.net.train()
-            done_here, lr, completed = self._loop(iter(loader), stop, stop_after, lr, completed)
-        self.bar.close()
-        if completed:
-            self._finish(lr, done_here)
+        try:
+            with _StopRequest() as stop:
+                self.net.train()
+                done_here, lr, completed = self._loop(iter(loader), stop, stop_after, lr, completed)
+            self.bar.close()
+            if completed:
+                self._finish(lr, done_here)
+        finally:  # the loaders' workers stop here, even after an error, not at interpreter exit
+            del loader
+            self.val_loader = None
         if self.ctx.enabled:
             dist.barrier()
-        return TrainResult(self.model, cfg, self.step, completed, self.history)
+        return TrainResult(self.model, cfg, self.step, completed, self.history, dict(self.reported))
 
     def _loop(self, batches, stop: _StopRequest, stop_after: int | None, lr: float, completed: bool):
         cfg, ctx = self.cfg, self.ctx
@@ -475,8 +520,11 @@ class Trainer:
         done_here = 0
         while self.step < cfg.steps:
             t0 = time.perf_counter()
-            images, labels = next(batches)
+            batch = next(batches)
             t_data = time.perf_counter()
+            images, labels = batch[0], batch[1]
+            if len(batch) > 2:  # photo folders: notes of unreadable files the items replaced
+                self.note_unreadable("train", batch[2])
             loss, lr = self.train_step(images, labels)
             done_here += 1
             if done_here % flush_every == 0:
