@@ -23,7 +23,7 @@ from cbam_viz.app.cache import CACHE_MB
 from cbam_viz.app.figure_export import ExportFolder
 from cbam_viz.app.served import CACHE_SECONDS
 from cbam_viz.app.studio import SLOW_SECONDS, Studio
-from cbam_viz.app.ui import CSS, build_demo
+from cbam_viz.app.ui import CSS, build_demo, queue
 from cbam_viz.checkpoints import load_pair
 from cbam_viz.devices import resolve_device
 from cbam_viz.errors import CbamVizError
@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models run")
     parser.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="upload size limit (default 50mb)")
     parser.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue")
-    parser.add_argument("--concurrency", type=int, default=2, help="requests of one kind run at the same time")
+    parser.add_argument("--concurrency", type=_positive, default=2,
+                        help="model runs of the fast methods at the same time (default 2), beside one ScoreCAM request")
     parser.add_argument("--slow-seconds", type=_positive, default=int(SLOW_SECONDS),
                         help=f"refuse a ScoreCAM request estimated to take longer (default {SLOW_SECONDS:.0f})")
     parser.add_argument("--cache-mb", type=_positive, default=int(CACHE_MB),
@@ -85,7 +86,8 @@ def _positive(value: str) -> int:
 def load_studio(args: argparse.Namespace) -> Studio:
     """Load both checkpoints once; CbamVizError (missing or bad file, no CUDA) says what to do."""
     models = load_pair(args.baseline, args.cbam, resolve_device(args.device))
-    return Studio(models, examples_dir=args.examples, cache_mb=args.cache_mb, slow_seconds=args.slow_seconds)
+    return Studio(models, examples_dir=args.examples, cache_mb=args.cache_mb, slow_seconds=args.slow_seconds,
+                  concurrency=args.concurrency)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     exports = ExportFolder()
     demo = build_demo(studio, exports, args.cache_seconds)
-    demo.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency)
+    queue(demo, studio, args.queue_size)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `docker stop`: close the server cleanly
     try:
         demo.launch(

@@ -8,6 +8,7 @@ the export CLI and the evaluation call.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import threading
 from collections.abc import Sequence
@@ -202,19 +203,22 @@ class OwnThreadActivations(ActivationsAndGradients):
 def package_cam(loaded: LoadedModel, x: torch.Tensor, targets: list[list[int]], method: str, layer: str) -> np.ndarray:
     """Any grad-cam method on any stage: (N, T, S, S) normalised CAMs at the input size, one call per target slot.
 
-    Passes of grad-cam on one model are serialised (they share its parameters' .grad); the lock-free fast path
-    may run beside them, because the recorder ignores other threads' forwards.
+    Passes of the gradient methods on one model are serialised (their backward passes share its parameters'
+    .grad); the methods without a backward (ScoreCAM, EigenCAM) and the lock-free fast path run beside them, because
+    the recorder ignores other threads' forwards.
     """
     cam_class = METHODS[method][0]
     target_layers = [getattr(loaded.model, layer)]
-    with loaded.lock, cam_class(model=loaded.model, target_layers=target_layers) as cam:
+    with cam_class(model=loaded.model, target_layers=target_layers) as cam:
         cam.activations_and_grads.release()
-        cam.activations_and_grads = OwnThreadActivations(loaded.model, target_layers)
-        slots = [
-            cam(input_tensor=x, targets=[ClassifierOutputTarget(t[slot]) for t in targets])
-            for slot in range(len(targets[0]))
-        ]
-        loaded.model.zero_grad(set_to_none=True)  # free the parameter gradients grad-cam's backward left behind
+        with loaded.lock if cam.uses_gradients else contextlib.nullcontext():
+            cam.activations_and_grads = OwnThreadActivations(loaded.model, target_layers)
+            slots = [
+                cam(input_tensor=x, targets=[ClassifierOutputTarget(t[slot]) for t in targets])
+                for slot in range(len(targets[0]))
+            ]
+            if cam.uses_gradients:
+                loaded.model.zero_grad(set_to_none=True)  # free the parameter gradients its backward left behind
     return np.stack(slots, axis=1).astype(np.float32)
 
 

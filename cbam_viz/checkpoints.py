@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
 
 from cbam_viz.cbam import CBAMConfig
@@ -181,8 +181,10 @@ def _check_familiarity_tensors(method: str, tensors: dict[str, torch.Tensor], cl
 
 
 def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The file's tensors, copied out of it (a server holding tensors over a mapped file would keep all of its
+    pages resident), and its metadata."""
     try:
-        state = load_file(str(path))
+        state = load(path.read_bytes())
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:

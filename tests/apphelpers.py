@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 import app  # noqa: E402, F401  (the tests import it from here)
-from cbam_viz.app.ui import build_demo  # noqa: E402
+from cbam_viz.app.ui import build_demo, queue  # noqa: E402
 
 
 def free_port() -> int:
@@ -27,10 +27,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(studio, exports, *, max_file_size: str = "1mb", queue_size: int = 16, concurrency: int = 2) -> Iterator:
-    """The real page and API of `studio`, served in this process on a free loopback port."""
+def serve(studio, exports, *, max_file_size: str = "1mb", queue_size: int = 16) -> Iterator:
+    """The real page and API of `studio`, served in this process on a free loopback port, queued as app.py does."""
     demo = build_demo(studio, exports)
-    demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
+    queue(demo, studio, queue_size)
     demo.launch(
         server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
         show_error=False, max_file_size=max_file_size, share=False,

@@ -253,6 +253,41 @@ def test_slow_methods_run_one_at_a_time_and_only_within_their_time_limit(tiny_mo
     )
 
 
+def test_a_running_scorecam_leaves_every_fast_slot_to_fast_requests(tiny_models, tmp_path, monkeypatch):
+    """With --concurrency 1, a fast /compare still runs while a ScoreCAM request is computing, and the studio never
+    lets more than `concurrency` fast passes compute at once."""
+    studio = Studio(tiny_models, examples_dir=None, concurrency=1)
+    studio.slow_seconds = 1e9
+    started, finish, fast_inside = threading.Event(), threading.Event(), []
+    real = studio_module.run_models
+
+    def passes(images, models, **kwargs):
+        if kwargs["method"] == "scorecam":  # stands in for minutes of ScoreCAM
+            started.set()
+            assert finish.wait(120)
+            kwargs["method"] = "gradcam++"
+        else:
+            fast_inside.append(studio._fast.acquire(blocking=False))  # False: this pass holds the only fast slot
+        return real(images, models, **kwargs)
+
+    monkeypatch.setattr(studio_module, "run_models", passes)
+    slow_image, fast_image = tmp_path / "slow.png", tmp_path / "fast.png"
+    random_image(80, (64, 48)).save(slow_image)
+    random_image(81, (66, 50)).save(fast_image)
+    with serve(studio, ExportFolder(tmp_path / "exports")) as served:
+        clients = [Client(served.url, verbose=False) for _ in range(2)]
+        slow = clients[0].submit(handle_file(str(slow_image)), method="scorecam", layer="layer3", api_name="/compare")
+        try:
+            assert started.wait(120)
+            _, _, scores = clients[1].predict(handle_file(str(fast_image)), method="hirescam", layer="layer3",
+                                              api_name="/compare")
+            assert scores["method"] == "hirescam" and not slow.done()  # answered while ScoreCAM still runs
+        finally:
+            finish.set()
+        assert slow.result(timeout=120)[2]["method"] == "scorecam"
+    assert fast_inside and not any(fast_inside)
+
+
 def test_the_page_says_which_methods_are_slow(server):
     method = next(b for b in server.demo.blocks.values() if getattr(b, "elem_id", None) == "method")
     assert method.info.startswith("ScoreCAM: slow, one forward pass per channel") and "is refused" in method.info

@@ -144,3 +144,35 @@ def test_grad_cam_recorder_ignores_other_threads_forwards(tiny_models):
         assert len(recorder.activations) == 1
     finally:
         recorder.release()
+
+
+def test_scorecam_does_not_keep_the_gradient_methods_off_its_model(tiny_models, monkeypatch):
+    """ScoreCAM runs no backward, so a HiResCAM pass on the same model runs while a ScoreCAM pass is under way; both
+    give what they give alone."""
+    from pytorch_grad_cam import ScoreCAM
+
+    from cbam_viz.cam import package_cam
+
+    loaded = tiny_models["cbam"]
+    x = preprocess([random_image(10, (INPUT_SIZE, INPUT_SIZE))], loaded.meta)
+    alone = {method: package_cam(loaded, x, [[1]], method, "layer1") for method in ("scorecam", "hirescam")}
+    inside, finish, out = threading.Event(), threading.Event(), {}
+    real = ScoreCAM.get_cam_weights
+
+    def held(self, *args, **kwargs):  # ScoreCAM, stopped midway: its hooks are on the model, its forward done
+        inside.set()
+        assert finish.wait(60)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ScoreCAM, "get_cam_weights", held)
+    slow = threading.Thread(target=lambda: out.update(scorecam=package_cam(loaded, x, [[1]], "scorecam", "layer1")))
+    slow.start()
+    try:
+        assert inside.wait(60)
+        out["hirescam"] = package_cam(loaded, x, [[1]], "hirescam", "layer1")
+        assert slow.is_alive()  # answered while ScoreCAM is still held
+    finally:
+        finish.set()
+        slow.join(120)
+    for method, expected in alone.items():
+        np.testing.assert_allclose(out[method], expected, atol=1e-5)

@@ -124,8 +124,8 @@ def test_a_full_queue_answers_clearly_and_the_server_recovers(tiny_models, tmp_p
     for i in range(8):
         paths.append(tmp_path / f"q{i}.png")
         random_image(300 + i, (70 + i, 50)).save(paths[-1])
-    studio = Studio(tiny_models, examples_dir=None)
-    with serve(studio, ExportFolder(tmp_path / "exports"), queue_size=2, concurrency=1) as served:
+    studio = Studio(tiny_models, examples_dir=None, concurrency=1)
+    with serve(studio, ExportFolder(tmp_path / "exports"), queue_size=2) as served:
         clients = [Client(served.url, verbose=False) for _ in range(2)]
         jobs = [
             clients[i % 2].submit(handle_file(str(p)), method="hirescam", api_name="/compare")

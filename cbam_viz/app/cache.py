@@ -20,7 +20,7 @@ from PIL import Image
 
 
 # The memory all of Studio's caches may hold (--cache-mb), and how it is shared between them.
-CACHE_MB = 256.0
+CACHE_MB = 128.0
 CACHE_SHARES = {"uploads": 0.3, "answers": 0.35, "heatmaps": 0.3, "masks": 0.05}
 
 

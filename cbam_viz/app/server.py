@@ -19,6 +19,7 @@ from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 
+from cbam_viz.allocator import IDLE_TRIM
 from cbam_viz.app.served import OVERLAYS, cache_schedule, delete_old_files, prune_empty_folders
 from cbam_viz.app.uploads import SEND_A_FILE, check_upload
 from cbam_viz.errors import CbamVizError
@@ -31,13 +32,14 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn every failure into a gr.Error with a human message: our CbamVizError text, or a generic line.
 
     The message is HTML-escaped (Gradio renders it as HTML and file names come from users); unexpected errors
-    are logged with their traceback on the server, never sent to the page.
+    are logged with their traceback on the server, never sent to the page. The last request to end trims the heap.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with IDLE_TRIM.request():
+                return fn(*args, **kwargs)
         except gr.Error:
             raise
         except CbamVizError as err:

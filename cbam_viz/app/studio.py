@@ -90,6 +90,7 @@ class Studio:
         max_side: int = 1024,
         cache_mb: float = CACHE_MB,
         slow_seconds: float = SLOW_SECONDS,
+        concurrency: int = 2,
     ) -> None:
         missing = [key for key in MODEL_KEYS if key not in models]
         if missing:
@@ -102,6 +103,9 @@ class Studio:
         self.slow_pass_seconds: float | None = None  # one pass of a slow method, measured on its runs
         self._lock = threading.Lock()
         self._slow = threading.Lock()  # held by the one slow-method request that may run
+        # model passes of the fast methods that may run at once, beside the one slow request (which has its own slot)
+        self.concurrency = concurrency
+        self._fast = threading.BoundedSemaphore(concurrency)
         # every cache is bounded by bytes (nbytes of its entries), each getting its share of cache_mb
         budget = {name: share * cache_mb * 2**20 for name, share in CACHE_SHARES.items()}
         self._files = LRU(weigh=nbytes, budget=budget["uploads"])  # decoded uploads at full size
@@ -185,12 +189,13 @@ class Studio:
     def _base_entry(self, source: SourceImage) -> tuple[Image.Image, dict[str, ModelResult]]:
         def compute() -> tuple[Image.Image, dict[str, ModelResult]]:
             self._count(len(self.models))
-            began = time.perf_counter()
-            comparison = run_models(
-                [source.image], self.models, target=TOP1, method=DEFAULT_METHOD, layer=DEFAULT_LAYER,
-                max_side=self.max_side,
-            )[0]
-            per_model = (time.perf_counter() - began) / len(self.models)
+            with self._fast:
+                began = time.perf_counter()
+                comparison = run_models(
+                    [source.image], self.models, target=TOP1, method=DEFAULT_METHOD, layer=DEFAULT_LAYER,
+                    max_side=self.max_side,
+                )[0]
+                per_model = (time.perf_counter() - began) / len(self.models)
             with self._lock:  # the fastest: a busy machine or the first pass's warm-up only slow it down
                 self.forward_seconds = min(per_model, self.forward_seconds or per_model)
             return comparison.image, comparison.results
@@ -272,9 +277,10 @@ class Studio:
             if known is not None:
                 return known
             self._count(1)
-            comparison = run_models(
-                [source.image], {key: loaded}, target=index, method=method, layer=layer, max_side=self.max_side
-            )[0]
+            with contextlib.nullcontext() if method in SLOW_METHODS else self._fast:  # slow: analyse holds its slot
+                comparison = run_models(
+                    [source.image], {key: loaded}, target=index, method=method, layer=layer, max_side=self.max_side
+                )[0]
             return comparison.results[key]
 
         return self._results.get_or_compute((source.key, key, method, layer, index), compute)

@@ -31,6 +31,12 @@ CSS = """
 """
 
 
+def queue(demo: gr.Blocks, studio: Studio, max_size: int) -> gr.Blocks:
+    """Gradio's queue for the page: each event runs up to studio.concurrency + 1 requests, the extra one for the
+    one slow-method request (ScoreCAM) the studio allows, so that it never takes a fast request's place."""
+    return demo.queue(max_size=max_size, default_concurrency_limit=studio.concurrency + 1)
+
+
 def build_demo(studio: Studio, exports: ExportFolder, cache_seconds: int = CACHE_SECONDS) -> gr.Blocks:
     """The page and its API (`/compare`, `/paper_figure`) for one loaded pair of models; uploads and served
     pictures are deleted `cache_seconds` after they were written (checked every minute, or more often)."""
