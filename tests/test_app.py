@@ -204,6 +204,25 @@ def test_overlay_files_are_written_once_under_new_names(tmp_path, monkeypatch):
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(map(Path, (first, second)))  # no .part
 
 
+def hold_scorecam(monkeypatch, on_fast=lambda: None) -> tuple[threading.Event, threading.Event]:
+    """(started, finish): ScoreCAM passes set `started`, wait for `finish`, then run as Grad-CAM++ (standing in for
+    minutes of ScoreCAM); every other pass calls `on_fast` first."""
+    started, finish = threading.Event(), threading.Event()
+    real = studio_module.run_models
+
+    def passes(images, models, **kwargs):
+        if kwargs["method"] == "scorecam":
+            started.set()
+            assert finish.wait(120)
+            kwargs["method"] = "gradcam++"
+        else:
+            on_fast()
+        return real(images, models, **kwargs)
+
+    monkeypatch.setattr(studio_module, "run_models", passes)
+    return started, finish
+
+
 def test_slow_methods_run_one_at_a_time_and_only_within_their_time_limit(tiny_models, monkeypatch):
     studio = Studio(tiny_models, examples_dir=None)
     source = studio.open(random_image(12, (72, 56)))
@@ -222,17 +241,7 @@ def test_slow_methods_run_one_at_a_time_and_only_within_their_time_limit(tiny_mo
     assert studio.model_runs == runs
 
     studio.slow_seconds = 1e9
-    started, finish = threading.Event(), threading.Event()
-    real = studio_module.run_models
-
-    def slow_pass(images, models, **kwargs):
-        if kwargs["method"] == "scorecam":  # stands in for minutes of ScoreCAM
-            started.set()
-            assert finish.wait(60)
-            kwargs["method"] = "gradcam++"
-        return real(images, models, **kwargs)
-
-    monkeypatch.setattr(studio_module, "run_models", slow_pass)
+    started, finish = hold_scorecam(monkeypatch)
     first = threading.Thread(target=studio.analyse, args=(source,), kwargs={"method": "scorecam", "layer": "layer3"})
     first.start()
     try:
@@ -258,19 +267,8 @@ def test_a_running_scorecam_leaves_every_fast_slot_to_fast_requests(tiny_models,
     lets more than `concurrency` fast passes compute at once."""
     studio = Studio(tiny_models, examples_dir=None, concurrency=1)
     studio.slow_seconds = 1e9
-    started, finish, fast_inside = threading.Event(), threading.Event(), []
-    real = studio_module.run_models
-
-    def passes(images, models, **kwargs):
-        if kwargs["method"] == "scorecam":  # stands in for minutes of ScoreCAM
-            started.set()
-            assert finish.wait(120)
-            kwargs["method"] = "gradcam++"
-        else:
-            fast_inside.append(studio._fast.acquire(blocking=False))  # False: this pass holds the only fast slot
-        return real(images, models, **kwargs)
-
-    monkeypatch.setattr(studio_module, "run_models", passes)
+    fast_inside = []  # False: the fast pass holds the only fast slot
+    started, finish = hold_scorecam(monkeypatch, lambda: fast_inside.append(studio._fast.acquire(blocking=False)))
     slow_image, fast_image = tmp_path / "slow.png", tmp_path / "fast.png"
     random_image(80, (64, 48)).save(slow_image)
     random_image(81, (66, 50)).save(fast_image)
