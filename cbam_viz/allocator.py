@@ -60,10 +60,10 @@ class IdleTrim:
         finally:
             with self._lock:
                 self._running -= 1
-                idle = self._running == 0
-            if idle and self._malloc_trim is not None:
+                idle = self._running == 0 and self._malloc_trim is not None
+                self.trims += idle
+            if idle:
                 self._malloc_trim(0)
-                self.trims += 1
 
 
 IDLE_TRIM = IdleTrim()  # the one the app's request handlers share

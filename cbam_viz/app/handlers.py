@@ -135,7 +135,7 @@ class Handlers:
         images = []
         for block in blocks:
             picture, caption = attention_overlay(analysis, block, opacity, colormap)
-            images.append(gr.Image(value=served(picture) if picture else None, label=caption))
+            images.append(gr.Image(value=served(picture) if picture is not None else None, label=caption))
         return (*images, channel_attention_figure(attention, blocks))
 
     @user_errors

@@ -54,6 +54,7 @@ from cbam_viz.train.run_files import load_last, write_curves, write_metrics_csv
 
 VAL_BATCH = 64  # validation images per forward pass
 
+
 def autocast(device: torch.device, precision: str):
     """The autocast context of a run's precision ("fp32" turns it off)."""
     if precision == "fp32":
