@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from cbam_viz.cam import run_models
 from cbam_viz.checkpoints import LoadedModel, load_pair
+from cbam_viz.data.annotations import ORIENTATION_FRAMES
 from cbam_viz.errors import CbamVizError
 from cbam_viz.faithfulness import ROAD_METRIC, road_cost, road_for_batch
 from cbam_viz.fileio import atomic_write_bytes
@@ -55,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="photos: ground-truth boxes, a folder of VOC .xml files, a COCO .json or ImageNet's LOC_val_solution.csv",
     )
     boxes.add_argument("--masks", type=Path, help="photos: a folder of PNG masks mirroring the photos' paths")
+    parser.add_argument(
+        "--annotation-frame", choices=ORIENTATION_FRAMES, default="auto",
+        help="photos stored with an EXIF orientation: their boxes/masks were drawn on the stored pixels (stored), "
+        "on the photo as shown (upright), or tell by the annotation's recorded size, else stored (auto, default)",
+    )
     parser.add_argument(
         "--preprocess", choices=["center", "whole"],
         help="photos: center crop (shorter side to 256/224 of the input, central square; default) or whole-image "

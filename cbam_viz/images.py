@@ -28,6 +28,8 @@ FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 _FORMAT_NAMES = "JPEG, PNG, GIF, BMP, TIFF, WebP"
 
 # Modes with more than 8 bits per sample; they are scaled to 8-bit grayscale by their value range.
+EXIF_ORIENTATION = 0x0112  # the EXIF tag saying how the stored pixels are turned to show the photo upright
+
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
@@ -154,6 +156,17 @@ def _upright(im: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(im)
     except Exception:  # malformed EXIF blocks raise anything from SyntaxError to struct.error
         return im.copy()
+
+
+def stored_orientation(path: str | os.PathLike[str]) -> tuple[int, tuple[int, int]]:
+    """(EXIF orientation, (W, H) as stored) of an image file, from its header: the turn `load_image` gives its
+    pixels (1 = none; also when the EXIF block is unreadable) and the size before that turn."""
+    with Image.open(path, formats=FORMATS) as im:
+        try:
+            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
+        except Exception:  # malformed EXIF: the loader ignores it too
+            orientation = 1
+        return (orientation if 1 <= orientation <= 8 else 1), im.size
 
 
 def _from_array(arr: np.ndarray, label: str) -> Image.Image:

@@ -22,13 +22,13 @@ from tqdm import tqdm
 
 from cbam_viz.cam import run_models
 from cbam_viz.checkpoints import LoadedModel, preview_names
-from cbam_viz.data.annotations import Annotations, ImageAnnotation, load_annotations
+from cbam_viz.data.annotations import SWAPS_AXES, Annotations, ImageAnnotation, load_annotations
 from cbam_viz.data.imagefolder import PhotoSplit, open_split, unreadable_line
 from cbam_viz.errors import CbamVizError
 from cbam_viz.evaluate import figure_rows, format_table, write_outputs
 from cbam_viz.faithfulness import ROAD_METRIC, road_cost, road_for_batch
 from cbam_viz.framing import describe, frame_boxes, frame_image, frame_mask
-from cbam_viz.images import ImageError
+from cbam_viz.images import ImageError, stored_orientation
 from cbam_viz.metrics import box_mask, energy_in_mask, localized, mask_boxes, pointing_hit
 from cbam_viz.paired import paired_differences
 
@@ -74,6 +74,15 @@ class PhotoSamples:
 
     def image(self, i: int) -> Image.Image:
         return self.split.load(i)
+
+    def upright_annotation(self, i: int, annotation: ImageAnnotation, image: Image.Image, frame: str
+                           ) -> ImageAnnotation | None:
+        """Photo i's annotation turned as the loader turned the photo by its EXIF orientation (`frame`: the
+        annotations module's frame rule), or None when it needs no turn."""
+        orientation, stored = stored_orientation(self.split.samples[i].path)
+        if orientation in SWAPS_AXES and image.size != (stored[1], stored[0]):
+            return None  # the loader could not apply this orientation (unreadable EXIF block): pixels as stored
+        return annotation.upright(orientation, stored, frame)
 
 
 def photo_samples(data: Path, split: str) -> PhotoSamples:
@@ -147,14 +156,17 @@ def evaluate_photos(
     limit: int | None = None,
     input_size: int | None = None,
     road: bool = False,
+    orientation_frame: str = "auto",
 ) -> dict:
-    """Score both models on the photos (`frame` = (preprocessing, side)); per-photo records plus annotation counts."""
+    """Score both models on the photos (`frame` = (preprocessing, side)); per-photo records plus annotation counts.
+    Annotations of EXIF-turned photos are turned with them (`orientation_frame`: see the annotations module)."""
     count = len(samples) if limit is None else min(limit, len(samples))
     if count <= 0:
         raise CbamVizError(f"no photos to evaluate in {samples.root}")
     labels = checkpoint_labels(samples, models)
     class_set = set(samples.class_names) | set(samples.split.classes)
-    stats = {"annotated": 0, "no_annotation": 0, "no_box_in_frame": 0, "boxes_of_unknown_classes": 0}
+    stats = {"annotated": 0, "no_annotation": 0, "no_box_in_frame": 0, "boxes_of_unknown_classes": 0,
+             "turned_with_exif": 0}
     road_seconds = 0.0
     records, unreadable = [], []
     for start in tqdm(range(0, count, batch_size), desc="eval", unit="batch"):
@@ -171,6 +183,10 @@ def evaluate_photos(
             class_name = samples.class_names[samples.labels[i]]
             box_names = {class_name, samples.split.classes[samples.labels[i]]}  # readable name or folder id/synset
             annotation = annotations.lookup(samples.key(i)) if annotations else None
+            if annotation is not None and (turned := samples.upright_annotation(i, annotation, image,
+                                                                                orientation_frame)):
+                annotation = turned
+                stats["turned_with_exif"] += 1
             truth = ground_truth(annotation, image, samples.key(i), box_names, *frame)
             count_annotation(stats, annotation, truth, class_set)
             record = {"index": i, "file": samples.key(i), "label": class_name, "annotated": truth is not None}
@@ -223,7 +239,7 @@ def run_photos(args: argparse.Namespace, models: dict[str, LoadedModel]) -> int:
     started = time.perf_counter()
     with torch.inference_mode():
         result = evaluate_photos(samples, models, annotations, frame, args.batch_size, args.limit, args.input_size,
-                                 args.road)
+                                 args.road, args.annotation_frame)
     summary, paired, rows = compare_photos(result["images"], args.road)
     names = {key: loaded.meta.display_name for key, loaded in models.items()}
     stats = result["annotations"]
@@ -263,5 +279,6 @@ def annotation_line(annotations: Annotations | None, stats: dict, count: int) ->
     line = (f"annotations ({annotations.kind}, {annotations.source}): {stats['annotated']} of {count} photos "
             f"localized against them; {stats['no_annotation']} have no annotation, {stats['no_box_in_frame']} no "
             f"box or mask of their class inside the frame")
-    unknown = stats["boxes_of_unknown_classes"]
-    return line + (f"; {unknown} boxes name no class of the folder" if unknown else "")
+    unknown, turned = stats["boxes_of_unknown_classes"], stats["turned_with_exif"]
+    line += f"; {unknown} boxes name no class of the folder" if unknown else ""
+    return line + (f"; {turned} turned with their photo's EXIF orientation" if turned else "")

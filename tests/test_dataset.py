@@ -29,7 +29,14 @@ from cbam_viz.data.backgrounds import (
 )
 from cbam_viz.data.debian import DEBIAN_PACKAGES, fetch_debian_assets
 from cbam_viz.data.pack import SPLITS, AssetPack
-from cbam_viz.data.scenes import MAX_ROTATION, MIN_TARGET_VISIBLE, TARGET_SCALE, SceneDataset, compose_scene
+from cbam_viz.data.scenes import (
+    MAX_ROTATION,
+    MIN_TARGET_VISIBLE,
+    TARGET_SCALE,
+    SceneDataset,
+    _jitter,
+    compose_scene,
+)
 from cbam_viz.data.splits import MaterializedSplit, materialize_split
 from cbam_viz.data.stamps import FLAT_MAX, FLAT_PHOTO, STAMPS_SUBDIR, class_name_from_description, photo_statistics
 from cbam_viz.data.synthetic import make_synthetic_pack
@@ -85,6 +92,33 @@ def test_same_seed_and_index_give_identical_scenes(pack, pack_dir):
     assert compose_scene(pack, "train", 8, 96, seed=3).image.tobytes() != base.image.tobytes()
     assert compose_scene(pack, "train", 7, 96, seed=4).image.tobytes() != base.image.tobytes()
     assert compose_scene(pack, "val", 7, 96, seed=3).image.tobytes() != base.image.tobytes()
+
+
+def textbook_jitter(image: Image.Image, b: float, c: float, s: float) -> np.ndarray:
+    """The scene jitter written plainly (new arrays, `mean(0)` over the opaque pixels): what _jitter must equal."""
+    arr = np.asarray(image)
+    rgb = arr[..., :3].astype(np.float32) * b
+    opaque = arr[..., 3] > 127 if image.mode == "RGBA" else np.ones(arr.shape[:2], bool)
+    mean = rgb[opaque].mean(0) if opaque.any() else rgb.reshape(-1, 3).mean(0)
+    rgb = (rgb - mean.mean()) * c + mean.mean()
+    gray = (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    rgb = gray + (rgb - gray) * s
+    out = arr.copy()
+    out[..., :3] = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def test_scene_jitter_equals_its_plain_definition_bit_for_bit():
+    rng = np.random.default_rng(5)
+    for k in range(120):
+        mode = ("RGB", "RGBA")[k % 2]
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        arr = rng.integers(0, 256, (h, w, len(mode)), dtype=np.uint8)
+        if mode == "RGBA":
+            arr[..., 3] = (0, 255, 128)[k % 3] if k % 4 == 1 else arr[..., 3]  # none, all or half opaque too
+        b, c, s = (float(v) for v in rng.uniform(0.7, 1.3, 3))
+        image = Image.fromarray(arr, mode)
+        np.testing.assert_array_equal(np.asarray(_jitter(image, b, c, s)), textbook_jitter(image, b, c, s))
 
 
 def test_mask_is_exactly_where_the_target_was_drawn(pack):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cbam_viz.cam import run_models
 from cbam_viz.cli import main
-from cbam_viz.data.annotations import AnnotationError, ImageAnnotation, load_annotations
+from cbam_viz.data.annotations import EXIF_TRANSPOSE, AnnotationError, ImageAnnotation, load_annotations
 from cbam_viz.errors import CbamVizError
 from cbam_viz.faithfulness import road_scores
 from cbam_viz.framing import frame_boxes, frame_geometry, frame_image, frame_mask
@@ -153,6 +153,59 @@ def test_boxes_drawn_on_another_size_are_rescaled_to_the_image():
     annotation = ImageAnnotation((("cat", 10, 20, 30, 40),), size=(100, 50))
     assert annotation.boxes_at((100, 50)) == [("cat", 10, 20, 30, 40)]
     assert annotation.boxes_at((200, 25)) == [("cat", 20.0, 10.0, 60.0, 20.0)]
+
+
+def bbox_of(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_annotations_turn_with_the_exif_orientation_as_the_pixels_do(orientation):
+    stored = np.zeros((40, 48), bool)  # a 48x40 photo as stored, the object at x 5..17, y 9..30
+    stored[9:30, 5:17] = True
+    method = EXIF_TRANSPOSE[orientation]
+    upright = np.asarray(Image.fromarray(stored).transpose(method))
+    turned = ImageAnnotation((("cat", 5, 9, 17, 30),), size=(48, 40)).upright(orientation, (48, 40))
+    assert turned.boxes == (("cat", *bbox_of(upright)),)
+    assert turned.size == (upright.shape[1], upright.shape[0])
+    half = ImageAnnotation((("cat", 2.5, 4.5, 8.5, 15),), size=(24, 20)).upright(orientation, (48, 40))
+    assert [2 * v for v in half.boxes[0][1:]] == list(bbox_of(upright))  # drawn on a half-size copy
+    np.testing.assert_array_equal(ImageAnnotation(mask=stored).upright(orientation, (48, 40)).mask, upright)
+
+
+def test_annotations_drawn_upright_or_on_unturned_photos_stay_as_they_are():
+    sideways = ImageAnnotation((("cat", 1, 2, 3, 4),), size=(40, 48))  # portrait: the upright shape for 6
+    assert sideways.upright(6, (48, 40)) is None
+    assert sideways.upright(6, (48, 40), frame="stored").size == (48, 40)
+    assert ImageAnnotation((("cat", 1, 2, 3, 4),), size=(48, 40)).upright(6, (48, 40), frame="upright") is None
+    assert ImageAnnotation((("cat", 1, 2, 3, 4),)).upright(1, (48, 40)) is None
+    no_size = ImageAnnotation((("cat", 1, 2, 3, 4),)).upright(6, (48, 40))  # ImageNet's CSV: stored pixels
+    assert no_size.boxes == (("cat", 36, 1, 38, 3),) and no_size.size is None
+
+
+def test_eval_turns_the_box_of_an_exif_rotated_photo_with_it(tmp_path, tiny_checkpoints, capsys):
+    stored = np.zeros((40, 48, 3), np.uint8)  # stored landscape, shown portrait (EXIF 6: turn 90 clockwise)
+    stored[9:30, 5:17] = 255
+    folder = tmp_path / "photos" / "val" / "red square"
+    folder.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(folder / "turned.jpg", quality=100, exif=exif)
+    (tmp_path / "boxes").mkdir()
+    (tmp_path / "boxes" / "turned.xml").write_text(voc_xml("turned", [("red square", 5, 9, 17, 30)], (48, 40)))
+    samples = photo_samples(tmp_path / "photos", "val")
+    image = samples.image(0)
+    assert image.size == (40, 48)
+    annotation = load_annotations(tmp_path / "boxes").lookup(samples.key(0))
+    turned = samples.upright_annotation(0, annotation, image, "auto")
+    assert turned.boxes == (("red square", *bbox_of(np.asarray(image.convert("L")) > 127)),)
+    code = main(["eval", "--data", str(tmp_path / "photos"), "--boxes", str(tmp_path / "boxes"),
+                 "--baseline", str(tiny_checkpoints["baseline"]), "--cbam", str(tiny_checkpoints["cbam"]),
+                 "--out", str(tmp_path / "eval"), "--figure-rows", "1"])
+    assert code == 0 and "1 turned with their photo's EXIF orientation" in capsys.readouterr().out
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["annotations"]["turned_with_exif"] == 1
 
 
 # ---- framing: boxes, masks and pixels stay aligned ----

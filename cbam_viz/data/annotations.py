@@ -6,6 +6,12 @@ category names are the class names), or ImageNet's `LOC_val_solution.csv` (`Imag
 `synset x0 y0 x1 y1` repeated). `load_annotations(masks=DIR)` reads PNG masks (non-zero = object) mirroring the
 image paths. Boxes are (class name, x0, y0, x1, y1) in the pixels of the image the annotation was made on.
 
+Photos stored sideways with an EXIF orientation load upright (`images.load_image`), so their annotations are
+turned with them (`ImageAnnotation.upright`). Frame rule (`ORIENTATION_FRAMES`): "stored" = the annotation was
+drawn on the pixels as stored in the file (ImageNet, VOC and tools that read pixels without EXIF), "upright" = on
+the photo as a viewer shows it; "auto" takes the frame whose portrait/landscape shape matches the annotation's
+recorded size (VOC `<size>`, COCO width/height, a mask's shape) and "stored" where that cannot tell.
+
 Matching rule: an image is known by its path under the split folder without extension (`n01440764/x_293`); its
 annotation is the one stored under that key (a VOC file's path under the folder without `.xml`, a COCO
 `file_name` without extension, a mask's path without `.png`), or else the one stored under its file stem alone
@@ -26,6 +32,17 @@ from PIL import Image
 from cbam_viz.errors import CbamVizError
 
 Box = tuple[str, float, float, float, float]  # (class name, x0, y0, x1, y1)
+ORIENTATION_FRAMES = ("auto", "stored", "upright")
+EXIF_TRANSPOSE = {  # EXIF orientation -> the turn that shows the stored pixels upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+SWAPS_AXES = frozenset({5, 6, 7, 8})
 
 
 class AnnotationError(CbamVizError):
@@ -48,6 +65,46 @@ class ImageAnnotation:
             return list(self.boxes)
         sx, sy = size[0] / self.size[0], size[1] / self.size[1]
         return [(name, x0 * sx, y0 * sy, x1 * sx, y1 * sy) for name, x0, y0, x1, y1 in self.boxes]
+
+    def upright(self, orientation: int, stored: tuple[int, int], frame: str = "auto") -> ImageAnnotation | None:
+        """This annotation turned as a photo stored at `stored` (W, H) with EXIF `orientation` is turned when it
+        loads, or None when it needs no turn (no orientation, or drawn upright by the module's frame rule)."""
+        method = EXIF_TRANSPOSE.get(orientation)
+        if method is None or frame == "upright":
+            return None
+        drawn = self.size if self.mask is None else (self.mask.shape[1], self.mask.shape[0])
+        if frame == "auto" and drawn is not None and orientation in SWAPS_AXES and _portrait(stored) != _portrait(
+            drawn
+        ):
+            return None  # its shape is the upright photo's: drawn on the photo as shown
+        if self.mask is not None:
+            turned = np.asarray(Image.fromarray(self.mask).transpose(method))
+            return ImageAnnotation(mask=turned)
+        w, h = drawn or stored
+        boxes = []
+        for name, x0, y0, x1, y1 in self.boxes:
+            (a, b), (c, d) = _turn_point(method, x0, y0, w, h), _turn_point(method, x1, y1, w, h)
+            boxes.append((name, min(a, c), min(b, d), max(a, c), max(b, d)))
+        size = None if self.size is None else ((h, w) if orientation in SWAPS_AXES else (w, h))
+        return ImageAnnotation(tuple(boxes), size)
+
+
+def _portrait(size: tuple[int, int]) -> bool:
+    return size[1] > size[0]
+
+
+def _turn_point(method: Image.Transpose, x: float, y: float, w: float, h: float) -> tuple[float, float]:
+    """Where the point (x, y) of a w x h image lands after `method` (pixel edges, not centres)."""
+    turns = {
+        Image.Transpose.FLIP_LEFT_RIGHT: (w - x, y),
+        Image.Transpose.FLIP_TOP_BOTTOM: (x, h - y),
+        Image.Transpose.ROTATE_180: (w - x, h - y),
+        Image.Transpose.ROTATE_90: (y, w - x),
+        Image.Transpose.ROTATE_270: (h - y, x),
+        Image.Transpose.TRANSPOSE: (y, x),
+        Image.Transpose.TRANSVERSE: (h - y, w - x),
+    }
+    return turns[method]
 
 
 @dataclass
