@@ -35,6 +35,7 @@ from cbam_viz.data.scenes import (
     TARGET_SCALE,
     SceneDataset,
     _jitter,
+    _ScaledCache,
     compose_scene,
 )
 from cbam_viz.data.splits import MaterializedSplit, materialize_split
@@ -119,6 +120,23 @@ def test_scene_jitter_equals_its_plain_definition_bit_for_bit():
         b, c, s = (float(v) for v in rng.uniform(0.7, 1.3, 3))
         image = Image.fromarray(arr, mode)
         np.testing.assert_array_equal(np.asarray(_jitter(image, b, c, s)), textbook_jitter(image, b, c, s))
+
+
+def test_resized_stamps_are_reused_within_a_byte_budget():
+    rng = np.random.default_rng(2)
+    src, other = (Image.fromarray(rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), "RGBA") for _ in range(2))
+    cache = _ScaledCache(budget=3 * 20 * 16 * 4)
+    first = cache.resized(src, (20, 16), None)
+    assert cache.resized(src, (20, 16), None) is first
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(src.resize((20, 16), Image.Resampling.BILINEAR)))
+    for width in range(20, 10, -1):
+        cache.resized(src, (width, 16), 2.0)
+    assert 0 < cache.used <= cache.budget
+    assert cache.used == sum(im.width * im.height * 4 for _, im in cache.entries.values())
+    cache.entries[(id(other), (20, 16), None)] = (src, first)  # an id reused by another image
+    cache.used += 20 * 16 * 4
+    np.testing.assert_array_equal(np.asarray(cache.resized(other, (20, 16), None)),
+                                  np.asarray(other.resize((20, 16), Image.Resampling.BILINEAR)))
 
 
 def test_mask_is_exactly_where_the_target_was_drawn(pack):

@@ -13,6 +13,7 @@ test use `index % n_classes` (balanced).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ MIN_TARGET_VISIBLE = 0.70
 BG_CROP_SCALE = (0.25, 1.0)
 BG_JITTER = (0.7, 1.3)
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)  # luma weights of the saturation jitter
+SCALED_CACHE_BYTES = 96 * 2**20  # per process: object stamps resized to one size recur across scenes
 
 
 @dataclass
@@ -84,6 +86,40 @@ def _jitter(image: Image.Image, b: float, c: float, s: float) -> Image.Image:
     return Image.fromarray(out, "RGBA")
 
 
+class _ScaledCache:
+    """Least-recently-used copies of source stamps resized (bilinear) to one size: the same source, size and
+    reducing gap always give the same pixels, and scenes draw each stamp at a few dozen sizes only."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.used = 0
+        self.entries: OrderedDict[tuple, tuple[Image.Image, Image.Image]] = OrderedDict()
+
+    def resized(self, src: Image.Image, size: tuple[int, int], gap: float | None) -> Image.Image:
+        key = (id(src), size, gap)
+        entry = self.entries.get(key)
+        if entry is not None:
+            if entry[0] is src:
+                self.entries.move_to_end(key)
+                return entry[1]
+            del self.entries[key]  # the id of a freed image came back on another one
+            self.used -= _nbytes(entry[1])
+        im = src.resize(size, Image.Resampling.BILINEAR, reducing_gap=gap)
+        self.entries[key] = (src, im)
+        self.used += _nbytes(im)
+        while self.used > self.budget and self.entries:
+            _, (_, old) = self.entries.popitem(last=False)
+            self.used -= _nbytes(old)
+        return im
+
+
+def _nbytes(im: Image.Image) -> int:
+    return im.width * im.height * len(im.getbands())
+
+
+_SCALED = _ScaledCache(SCALED_CACHE_BYTES)
+
+
 def _transform_object(
     src: Image.Image, longest: float, rng: np.random.Generator, mirror_ok: bool
 ) -> tuple[Image.Image, dict[str, Any]]:
@@ -93,7 +129,7 @@ def _transform_object(
     b, c, s = (float(v) for v in rng.uniform(JITTER[0], JITTER[1], size=3))
     scale = longest / max(src.size)
     size = (max(1, round(src.width * scale)), max(1, round(src.height * scale)))
-    im = src.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0 if scale < 0.5 else None)
+    im = _SCALED.resized(src, size, 2.0 if scale < 0.5 else None)
     im = _jitter(im, b, c, s)
     flip = flip and mirror_ok
     if flip:
