@@ -30,6 +30,7 @@ from cbam_viz.data.splits import MaterializedSplit
 from cbam_viz.errors import CbamVizError
 from cbam_viz.evaluate import evaluate
 from cbam_viz.models import build_model
+from cbam_viz.train.distributed import Dist
 from cbam_viz.train.optim import lr_factor, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -195,6 +196,28 @@ def test_ranks_read_distinct_slices_of_one_stream():
     flat = sorted(i for rank in per_rank for batch in rank for i in batch)
     assert flat == list(range(24))  # every index once: the same global stream as one process with batch 8
     assert list(tr.StepBatches(1, 3, 8, 1, 2)) == per_rank[1][1:]
+
+
+class SchedulerPolicy(torch.utils.data.Dataset):
+    """Each item is the scheduling policy of the process that loads it."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> int:
+        return os.sched_getscheduler(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes")
+def test_loader_workers_of_a_cpu_run_take_only_idle_cpu_time(data_dir, tmp_path):
+    parser = argparse.ArgumentParser()
+    tr.add_arguments(parser)
+    args = parser.parse_args(["--arch", "resnet50", "--data", str(data_dir), "--out", str(tmp_path), "--steps", "1"])
+    trainer = tr.Trainer(args, None, Dist(), torch.device("cpu"))
+    for device, policy in (("cpu", os.SCHED_IDLE), ("cuda", os.sched_getscheduler(0))):
+        trainer.device = torch.device(device)
+        options = {**trainer._loader_options(1), "pin_memory": False}
+        assert next(iter(torch.utils.data.DataLoader(SchedulerPolicy(), **options))).item() == policy
 
 
 def test_schedule_and_weight_decay_groups():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 
@@ -29,8 +30,12 @@ def rank_indices(step: int, global_batch: int, rank: int, world: int) -> list[in
     return list(range(first, first + local))
 
 
-def worker_init(_: int) -> None:
+def worker_init(_: int, idle: bool = False) -> None:
+    """One thread per loader worker; with `idle` (training on the CPU) the worker gets only the CPU time the
+    training threads leave, instead of pre-empting one of them while the others wait for it at a barrier."""
     torch.set_num_threads(1)
+    if idle and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     # Ctrl-C / SIGTERM go to the trainer, which stops at a step boundary and then shuts the workers down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -430,7 +431,7 @@ class Trainer:
         return {
             "num_workers": workers,
             "pin_memory": self.device.type == "cuda",
-            "worker_init_fn": worker_init if workers else None,
+            "worker_init_fn": partial(worker_init, idle=self.device.type == "cpu") if workers else None,
             "prefetch_factor": 4 if workers else None,
             "persistent_workers": workers > 0,
         }
