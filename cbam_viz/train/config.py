@@ -143,7 +143,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "starts them at 1, as the official CBAM code does",
     )  # fmt: skip
     parser.add_argument(
-        "--workers", type=int, help="data-loading processes per training process (default: 1 on CPU, 6 on CUDA)"
+        "--workers", type=int,
+        help="data-loading processes per training process (default: 1 on CPU, 6 on CUDA; on the CPU they run in "
+        "the idle scheduling class, in the time the training threads leave)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
     parser.add_argument(
