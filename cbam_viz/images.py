@@ -27,9 +27,9 @@ MAX_PIXELS = 64_000_000
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 _FORMAT_NAMES = "JPEG, PNG, GIF, BMP, TIFF, WebP"
 
-# Modes with more than 8 bits per sample; they are scaled to 8-bit grayscale by their value range.
 EXIF_ORIENTATION = 0x0112  # the EXIF tag saying how the stored pixels are turned to show the photo upright
 
+# Modes with more than 8 bits per sample; they are scaled to 8-bit grayscale by their value range.
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
