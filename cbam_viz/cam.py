@@ -35,7 +35,7 @@ from torchvision.transforms.v2 import functional as TF
 from cbam_viz.attention import AttentionMaps, capture_attention
 from cbam_viz.checkpoints import LoadedModel, ModelMeta
 from cbam_viz.errors import CbamVizError, echo
-from cbam_viz.familiarity import FamiliarityScore, pool
+from cbam_viz.familiarity import FamiliarityScore
 from cbam_viz.models import STAGES, forward_features
 
 # name -> (grad-cam class, label shown to people)
@@ -277,7 +277,7 @@ def _run_one(
     with torch.inference_mode(), capture_attention() as maps:
         logits, features = forward_features(model, x)
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-        familiarity = loaded.familiarity.judge(pool(features).cpu(), probs) if loaded.familiarity else None
+        familiarity = loaded.familiarity.judge(features.cpu(), probs) if loaded.familiarity else None
     targets = [[c for spec in spec_list for c in resolve_target(spec, meta, p)] for spec_list, p in zip(specs, probs)]
     if len(set(map(len, targets))) != 1:
         raise CbamVizError("every image needs the same number of targets")

@@ -168,6 +168,8 @@ def _check_familiarity_tensors(method: str, tensors: dict[str, torch.Tensor], cl
         "mahalanobis": {"whitening": (features, features), "means": (classes, features)},
         "knn": {"bank": (None, features)},
         "knn+msp": {"bank": (None, features), "standardise": (2, 2)},
+        "cells": {"bank": (None, features), "cells": (None, features), "classifier": (classes, features + 1),
+                  "standardise": (3, 2)},
     }[method]
     missing = sorted(set(shapes) - set(tensors))
     if missing:

@@ -1,7 +1,8 @@
 """Familiarity: does an image look like the data a checkpoint was trained on?
 
 A classifier gives confident answers on any photo; these detectors say when that answer means nothing. Each works
-on the pooled layer4 features the forward pass computes anyway, so scoring costs no extra pass:
+on the layer4 activations the forward pass computes anyway (pooled, or per cell of the map), so scoring costs no
+extra pass:
 
 * ``mahalanobis`` (Lee et al., 2018): class-conditional Gaussians with one shared covariance (Ledoit-Wolf shrunk);
   the score is the Mahalanobis distance to the nearest class mean.
@@ -11,6 +12,11 @@ on the pooled layer4 features the forward pass computes anyway, so scoring costs
 * ``knn+msp``: the sum of the two scores, each standardised by its mean and spread on the validation split. The
   kNN distance sees how unlike the training features an image is, MSP how unsure the classifier is: an image of
   no known subject can be close in feature space yet without any confident class, or the other way round.
+* ``cells``: three scores of the layer4 map, each standardised on the validation split and summed: the distance
+  from the image's best L2-normalised cell to the nearest entry of a bank holding, per training image, the cell
+  with the most evidence for its true class; the kNN distance of the pooled features; and minus the highest class
+  logit of any single cell. The pooled features mix the subject with its background, a cell need not: an image
+  of no known subject has no cell that looks like a known subject, whatever its background.
 
 Every score grows as an image looks less familiar. The threshold keeps 95% of the validation images familiar.
 The statistics of one detector live inside the checkpoint (safetensors tensors ``familiarity.*`` plus a JSON
@@ -25,19 +31,22 @@ from typing import Any
 import numpy as np
 import torch
 
-METHODS = ("mahalanobis", "knn", "msp", "knn+msp")
-STORED_METHODS = ("mahalanobis", "knn", "knn+msp")  # msp needs no statistics: it is measured, never stored
+METHODS = ("mahalanobis", "knn", "msp", "knn+msp", "cells")
+STORED_METHODS = ("mahalanobis", "knn", "knn+msp", "cells")
+MAP_METHODS = frozenset({"cells"})  # scored on the layer4 map itself, not on its pooled features  # msp needs no statistics: it is measured, never stored
 TENSOR_PREFIX = "familiarity."
 SCORE_NAMES = {  # what each method's score is, for people
     "mahalanobis": "Mahalanobis distance",
     "knn": "kNN distance",
     "msp": "1 - max softmax",
     "knn+msp": "kNN distance + (1 - max softmax), standardised",
+    "cells": "best-cell distance + kNN distance - top cell logit, standardised",
 }
 KEEP = 0.95  # share of validation images that stay familiar at the threshold
 DEFAULT_K = 20
 DEFAULT_TRAIN_IMAGES = 3200  # training images a detector is fit on
 FEATURE = "layer4 global average pool"
+MAP_FEATURE = "layer4 map: its cells and their global average pool"
 
 
 @dataclass
@@ -63,15 +72,16 @@ class Familiarity:
     tensors: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
 
-    def scores(self, pooled: torch.Tensor, probs: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
-        """Raw scores (N,) of pooled features (N, K); higher = less familiar."""
-        return detector_scores(self.method, self.tensors, pooled, probs, int(self.info.get("k", DEFAULT_K)))
+    def scores(self, features: torch.Tensor, probs: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
+        """Raw scores (N,) of layer4 maps (N, K, h, w) or, for methods outside MAP_METHODS, pooled features (N, K);
+        higher = less familiar."""
+        return detector_scores(self.method, self.tensors, features, probs, int(self.info.get("k", DEFAULT_K)))
 
-    def judge(self, pooled: torch.Tensor, probs: torch.Tensor | np.ndarray | None = None) -> list[FamiliarityScore]:
-        """One FamiliarityScore per image."""
+    def judge(self, features: torch.Tensor, probs: torch.Tensor | np.ndarray | None = None) -> list[FamiliarityScore]:
+        """One FamiliarityScore per image of layer4 maps (N, K, h, w)."""
         return [
             FamiliarityScore(float(s), self.threshold, bool(s > self.threshold), self.method)
-            for s in self.scores(pooled, probs)
+            for s in self.scores(features, probs)
         ]
 
     def header(self) -> dict[str, Any]:
@@ -87,12 +97,22 @@ def pool(features: torch.Tensor) -> torch.Tensor:
 def detector_scores(
     method: str,
     tensors: dict[str, torch.Tensor],
-    pooled: torch.Tensor,
+    features: torch.Tensor,
     probs: torch.Tensor | np.ndarray | None = None,
     k: int = DEFAULT_K,
 ) -> np.ndarray:
-    """Scores (N,) of `method` given its fitted tensors; higher = less familiar."""
-    x = pooled.float()
+    """Scores (N,) of `method` given its fitted tensors, on layer4 maps (N, K, h, w) or pooled features (N, K)
+    (MAP_METHODS need the maps); higher = less familiar."""
+    if method in MAP_METHODS:
+        if features.ndim != 4:
+            raise ValueError(f"the {method} score needs the layer4 map (N, K, h, w), got shape {tuple(features.shape)}")
+        parts = (
+            best_cell_distance(tensors["cells"], features),
+            detector_scores("knn", tensors, features, k=k),
+            -cell_logits(tensors["classifier"], features).amax(dim=(1, 2)).numpy(),
+        )
+        return _standardised_sum(tensors["standardise"], parts)
+    x = pool(features) if features.ndim == 4 else features.float()
     if method == "mahalanobis":
         y = x @ tensors["whitening"].float().T  # (N, K): whitened features
         means = tensors["means"].float()  # (C, K): whitened class means
@@ -110,10 +130,49 @@ def detector_scores(
         p = torch.as_tensor(np.asarray(probs), dtype=torch.float32)
         return (1 - p.max(dim=1).values).numpy()
     if method == "knn+msp":
-        scale = tensors["standardise"].double().numpy()  # rows: knn, msp; columns: mean, standard deviation
-        parts = (detector_scores("knn", tensors, pooled, k=k), detector_scores("msp", tensors, pooled, probs))
-        return sum((part - mean) / std for part, (mean, std) in zip(parts, scale)).astype(np.float32)
+        parts = (detector_scores("knn", tensors, x, k=k), detector_scores("msp", tensors, x, probs))
+        return _standardised_sum(tensors["standardise"], parts)
     raise ValueError(f"unknown familiarity method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _standardised_sum(scale: torch.Tensor, parts: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The sum of scores, each less its validation mean over its validation spread (rows of `scale`)."""
+    rows = scale.double().numpy()
+    return sum((part - mean) / std for part, (mean, std) in zip(parts, rows)).astype(np.float32)
+
+
+def _cells(maps: torch.Tensor) -> torch.Tensor:
+    """Layer4 maps (N, K, h, w) -> their cells (N, h*w, K), in float32."""
+    return maps.float().flatten(2).transpose(1, 2)
+
+
+def cell_logits(classifier: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Each cell's class logits (N, h*w, C) under the linear classifier (C, K + 1: weights, then bias) whose mean
+    over the cells is the image's logits."""
+    classifier = classifier.float()
+    return _cells(maps) @ classifier[:, :-1].T + classifier[:, -1]
+
+
+def best_cell_distance(bank: torch.Tensor, maps: torch.Tensor, chunk: int = 64) -> np.ndarray:
+    """Per image, the smallest distance between one of its L2-normalised cells and a bank entry (unit rows)."""
+    bank = bank.float()
+    out = []
+    for start in range(0, len(maps), chunk):
+        z = torch.nn.functional.normalize(_cells(maps[start : start + chunk]), dim=2)
+        out.append((2 - 2 * (z @ bank.T).amax(dim=(1, 2))).clamp_min(0).sqrt())
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def classifier_tensor(fc: torch.nn.Linear) -> torch.Tensor:
+    """The final linear layer as one (C, K + 1) float32 tensor: weights, then bias."""
+    return torch.cat([fc.weight, fc.bias[:, None]], dim=1).detach().float().cpu()
+
+
+def evidence_cells(maps: torch.Tensor, labels: np.ndarray, classifier: torch.Tensor) -> torch.Tensor:
+    """Per image, its cell (N, K) with the highest logit of its true class: where the model sees that class."""
+    rows = torch.arange(len(maps))
+    best = cell_logits(classifier, maps)[rows, :, torch.as_tensor(labels)].argmax(dim=1)
+    return _cells(maps)[rows, best]
 
 
 # ------------------------------------------------------------------------------------------------ fitting
@@ -136,19 +195,36 @@ def fit_tensors(
     pooled: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
-    val: tuple[np.ndarray, np.ndarray] | None = None,
+    val: tuple[np.ndarray, ...] | None = None,
     k: int = DEFAULT_K,
+    cells: torch.Tensor | None = None,
+    classifier: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The statistics of `method` from training features (N, K) and their labels; `knn+msp` also needs the
-    validation split's pooled features and softmax (`val`), on which its two scores are standardised."""
+    """The statistics of `method` from training features (N, K) and their labels. `knn+msp` also needs the
+    validation split's pooled features and softmax (`val`), on which its scores are standardised; `cells` needs
+    the training images' evidence cells (N, K), the classifier (C, K + 1) and, third in `val`, the validation maps."""
+    if method == "cells":
+        if cells is None or classifier is None or val is None or len(val) < 3:
+            raise ValueError("cells needs the training evidence cells, the classifier and the validation maps")
+        tensors = {
+            **fit_tensors("knn", pooled, labels, num_classes),
+            "cells": torch.nn.functional.normalize(torch.as_tensor(cells).float(), dim=1).to(torch.float16),
+            "classifier": classifier.detach().float().cpu(),
+        }
+        val_maps = torch.as_tensor(val[2])
+        parts = (
+            best_cell_distance(tensors["cells"], val_maps),
+            detector_scores("knn", tensors, torch.from_numpy(val[0]), k=k),
+            -cell_logits(tensors["classifier"], val_maps).amax(dim=(1, 2)).numpy(),
+        )
+        return {**tensors, "standardise": _scale(parts)}
     if method == "knn+msp":
         if val is None:
             raise ValueError("knn+msp is standardised on the validation split: pass its features and softmax")
         tensors = fit_tensors("knn", pooled, labels, num_classes)
         val_pooled, val_probs = torch.from_numpy(val[0]), val[1]
         parts = (detector_scores("knn", tensors, val_pooled, k=k), detector_scores("msp", tensors, val_pooled, val_probs))
-        scale = [[float(np.mean(part)), max(float(np.std(part)), 1e-6)] for part in parts]
-        return {**tensors, "standardise": torch.tensor(scale, dtype=torch.float32)}
+        return {**tensors, "standardise": _scale(parts)}
     pooled = pooled.astype(np.float64)
     if method == "mahalanobis":
         present = np.unique(labels)
@@ -169,6 +245,11 @@ def fit_tensors(
     if method == "msp":
         return {}
     raise ValueError(f"unknown familiarity method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _scale(parts: tuple[np.ndarray, ...]) -> torch.Tensor:
+    """Rows (mean, standard deviation) of each validation score, for `_standardised_sum`."""
+    return torch.tensor([[float(np.mean(p)), max(float(np.std(p)), 1e-6)] for p in parts], dtype=torch.float32)
 
 
 def threshold_at(val_scores: np.ndarray, keep: float = KEEP) -> float:

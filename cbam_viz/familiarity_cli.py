@@ -1,7 +1,7 @@
 """`python -m cbam_viz familiarity fit|eval`: fit a checkpoint's familiarity detector, and measure every detector.
 
-`fit` extracts the pooled layer4 features of training scenes (the checkpoint's own training distribution) and of
-the validation split, fits the chosen detector, sets its threshold so that 95% of the validation images stay
+`fit` extracts the layer4 features of training scenes (the checkpoint's own training distribution) and of the
+validation split, fits the chosen detector, sets its threshold so that 95% of the validation images stay
 familiar, and stores it inside the checkpoint, atomically.
 
 `eval` fits all detectors the same way and measures each, with the maximum softmax probability beside them, as
@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -34,11 +34,15 @@ from cbam_viz.familiarity import (
     DEFAULT_TRAIN_IMAGES,
     FEATURE,
     KEEP,
+    MAP_FEATURE,
+    MAP_METHODS,
     METHODS,
     STORED_METHODS,
     Familiarity,
     auroc,
+    classifier_tensor,
     detector_scores,
+    evidence_cells,
     fit_tensors,
     fpr_at_tpr,
     pool,
@@ -82,18 +86,51 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- features
+class Features(NamedTuple):
+    """What `extract` keeps of one model's passes over a set of images."""
+
+    pooled: np.ndarray  # (N, K) pooled layer4 features
+    probs: np.ndarray  # (N, C) softmax
+    maps: torch.Tensor | None = None  # (N, K, h, w) layer4 maps, kept for the MAP_METHODS
+    cells: torch.Tensor | None = None  # (N, K) each image's cell of most evidence for its true class
+
+    def scored(self, method: str) -> torch.Tensor:
+        """What `method` scores: the maps for MAP_METHODS, else the pooled features."""
+        return self.maps if method in MAP_METHODS else torch.from_numpy(self.pooled)
+
+
 @torch.inference_mode()
 def extract(
-    models: dict[str, LoadedModel], images: Iterable[Image.Image], count: int, batch_size: int = 32, desc: str = ""
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Pooled layer4 features (N, K) and softmax (N, C) of each model, preprocessed exactly as the app does."""
-    out: dict[str, tuple[list, list]] = {key: ([], []) for key in models}
+    models: dict[str, LoadedModel],
+    images: Iterable[Image.Image],
+    count: int,
+    batch_size: int = 32,
+    desc: str = "",
+    maps: bool = False,
+    labels: Sequence[int] | None = None,
+) -> dict[str, Features]:
+    """Each model's pooled layer4 features and softmax, preprocessed exactly as the app does; with `maps` also the
+    layer4 maps, with `labels` (which may fill while the images are drawn) each image's evidence cell."""
+    out: dict[str, dict[str, list]] = {key: {"pooled": [], "probs": [], "maps": [], "cells": []} for key in models}
+    done = 0
     for batch in _batches(tqdm(images, total=count, desc=desc, unit="img", file=sys.stderr), batch_size):
         for key, loaded in models.items():
             logits, features = forward_features(loaded.model, preprocess(batch, loaded.meta).to(loaded.device))
-            out[key][0].append(pool(features).cpu().numpy())
-            out[key][1].append(torch.softmax(logits.float(), 1).cpu().numpy())
-    return {key: (np.concatenate(p), np.concatenate(q)) for key, (p, q) in out.items()}
+            features = features.float().cpu()
+            parts = out[key]
+            parts["pooled"].append(pool(features).numpy())
+            parts["probs"].append(torch.softmax(logits.float(), 1).cpu().numpy())
+            if maps:
+                parts["maps"].append(features)
+            if labels is not None:
+                batch_labels = np.asarray(labels[done : done + len(batch)])
+                parts["cells"].append(evidence_cells(features, batch_labels, classifier_tensor(loaded.model.fc)))
+        done += len(batch)
+    return {
+        key: Features(np.concatenate(p["pooled"]), np.concatenate(p["probs"]),
+                      torch.cat(p["maps"]) if p["maps"] else None, torch.cat(p["cells"]) if p["cells"] else None)
+        for key, p in out.items()
+    }  # fmt: skip
 
 
 def _batches(items: Iterable[Image.Image], size: int) -> Iterator[list[Image.Image]]:
@@ -140,21 +177,25 @@ def fit_detectors(
         raise CbamVizError("--images must be at least 2")
     sizes = {loaded.meta.input_size for loaded in models.values()}
     images, labels, info = training_scenes(data, count, max(sizes))
-    train = extract(models, images, count, batch_size, desc="training scenes")
     val = validation_split(data)
     for key, loaded in models.items():
         if loaded.meta.class_names != val.class_names:
             raise CbamVizError(f"the {key} checkpoint's classes do not match the dataset's ({loaded.meta.source})")
-    val_features = extract(models, (val[i].image for i in range(len(val))), len(val), batch_size, desc="val split")
+    maps = any(method in MAP_METHODS for method in methods)
+    train = extract(models, images, count, batch_size, "training scenes", labels=labels if maps else None)
+    val_features = extract(models, (val[i].image for i in range(len(val))), len(val), batch_size, "val split", maps)
     info = {**info, "val_images": len(val), "keep": KEEP, "feature": FEATURE, "k": k}
     fitted: dict[str, dict[str, Familiarity]] = {}
     for key, loaded in models.items():
-        pooled, _ = train[key]
+        own, val_own = train[key], val_features[key]
         fitted[key] = {}
         for method in methods:
-            tensors = fit_tensors(method, pooled, np.asarray(labels), loaded.meta.num_classes, val_features[key], k)
-            scores = detector_scores(method, tensors, torch.from_numpy(val_features[key][0]), val_features[key][1], k)
-            fitted[key][method] = Familiarity(method, threshold_at(scores), tensors, dict(info))
+            tensors = fit_tensors(method, own.pooled, np.asarray(labels), loaded.meta.num_classes,
+                                  (val_own.pooled, val_own.probs, val_own.maps), k, own.cells,
+                                  classifier_tensor(loaded.model.fc))  # fmt: skip
+            scores = detector_scores(method, tensors, val_own.scored(method), val_own.probs, k)
+            feature = MAP_FEATURE if method in MAP_METHODS else FEATURE
+            fitted[key][method] = Familiarity(method, threshold_at(scores), tensors, {**info, "feature": feature})
     return fitted, info
 
 
@@ -227,24 +268,25 @@ def run_eval(args: argparse.Namespace) -> int:
     test = validation_split(args.data, "test")
     pack = AssetPack.load(args.data)
     photos = folder_photos(args.photos) if args.photos else debian_photos(args.cache)
+    batch = args.batch_size
     sets = {
-        "test": extract(models, (test[i].image for i in range(len(test))), len(test), args.batch_size, "test split"),
+        "test": extract(models, (test[i].image for i in range(len(test))), len(test), batch, "test split", True),
         "unknown_scenes": extract(
             models, (compose_unknown_scene(pack, "test", i, test.size) for i in range(args.unknown_scenes)),
-            args.unknown_scenes, args.batch_size, "unknown-subject scenes",
+            args.unknown_scenes, batch, "unknown-subject scenes", True,
         ),
-        "photos": extract(models, (load_image(p) for p in photos), len(photos), args.batch_size, "real photos"),
+        "photos": extract(models, (load_image(p) for p in photos), len(photos), batch, "real photos", True),
     }
     examples = _example_scenes()
     if examples:
-        sets["examples"] = extract(models, (load_image(p) for p in examples), len(examples), args.batch_size, "examples")
-    report: dict[str, Any] = {"fit": info, "counts": {k: len(v[next(iter(models))][0]) for k, v in sets.items()},
+        sets["examples"] = extract(models, (load_image(p) for p in examples), len(examples), batch, "examples", True)
+    report: dict[str, Any] = {"fit": info, "counts": {k: len(v[next(iter(models))].pooled) for k, v in sets.items()},
                               "models": {}}
     for key, loaded in models.items():
         entry: dict[str, Any] = {"model": loaded.meta.display_name, "checkpoint": loaded.meta.source, "detectors": {}}
         for method, fam in fitted[key].items():
             threshold = fam.threshold
-            scores = {name: fam.scores(torch.from_numpy(feats[key][0]), feats[key][1]) for name, feats in sets.items()}
+            scores = {name: fam.scores(feats[key].scored(method), feats[key].probs) for name, feats in sets.items()}
             entry["detectors"][method] = {
                 "threshold": threshold,
                 "unknown_scenes": measure(scores["test"], scores["unknown_scenes"], threshold),

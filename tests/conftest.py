@@ -86,11 +86,11 @@ def attach_knn_detector(
     from cbam_viz.familiarity_cli import extract
 
     loaded = load_checkpoint(path)
-    pooled, _ = extract({"m": loaded}, familiar, len(familiar))["m"]
+    pooled = extract({"m": loaded}, familiar, len(familiar))["m"].pooled
     fam = Familiarity("knn", 0.0, fit_tensors("knn", pooled, np.zeros(len(pooled), int), 1), {"k": 1})
     if threshold is None:
-        odd_pooled, odd_probs = extract({"m": loaded}, [unfamiliar], 1)["m"]
-        threshold = float(fam.scores(torch.from_numpy(odd_pooled), odd_probs)[0]) / 2
+        odd = extract({"m": loaded}, [unfamiliar], 1)["m"]
+        threshold = float(fam.scores(torch.from_numpy(odd.pooled), odd.probs)[0]) / 2
     fam.threshold = threshold
     store_familiarity(path, fam)
     return path

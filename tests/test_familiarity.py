@@ -26,6 +26,7 @@ from cbam_viz.familiarity import (
     Familiarity,
     auroc,
     detector_scores,
+    evidence_cells,
     fit_tensors,
     fpr_at_tpr,
     ledoit_wolf,
@@ -107,6 +108,42 @@ def test_knn_plus_msp_is_the_sum_of_the_two_scores_standardised_on_validation():
     assert abs(on_val.mean()) < 1e-4  # both parts have mean 0 on the split they were standardised on
 
 
+def test_cells_score_is_the_three_distances_by_hand_standardised_on_validation():
+    gen = torch.Generator().manual_seed(3)
+    k_dim, classes = 6, 3
+    train_maps, val_maps, query = (torch.rand(n, k_dim, 2, 2, generator=gen) for n in (20, 15, 4))
+    labels = RNG.integers(0, classes, 20)
+    classifier = torch.randn(classes, k_dim + 1, generator=gen)
+    weights, bias = classifier[:, :-1].numpy(), classifier[:, -1].numpy()
+    cells = evidence_cells(train_maps, labels, classifier)
+    for i in range(20):
+        columns = train_maps[i].reshape(k_dim, 4).numpy()  # one column per cell
+        best = np.argmax(columns.T @ weights[labels[i]] + bias[labels[i]])
+        np.testing.assert_allclose(cells[i].numpy(), columns[:, best])
+    pooled, val_pooled = (m.mean((2, 3)).numpy() for m in (train_maps, val_maps))
+    tensors = fit_tensors("cells", pooled, labels, classes, (val_pooled, None, val_maps), k=2, cells=cells,
+                          classifier=classifier)  # fmt: skip
+    bank, pooled_bank = tensors["cells"].float().numpy(), tensors["bank"].float().numpy()
+
+    def by_hand(maps: torch.Tensor) -> np.ndarray:
+        parts = []
+        for m in maps:
+            columns = m.reshape(k_dim, 4).numpy().T  # (cells, K)
+            unit = columns / np.linalg.norm(columns, axis=1, keepdims=True)
+            # distances between unit vectors, sqrt(2 - 2 cos), against the stored (float16) unit rows
+            nearest = np.sqrt(max(0.0, 2 - 2 * max(float(c @ b) for c in unit for b in bank)))
+            p = columns.mean(0) / np.linalg.norm(columns.mean(0))
+            second = np.sqrt(np.maximum(0, 2 - 2 * np.sort(pooled_bank @ p)[-2]))
+            parts.append((nearest, second, -(columns @ weights.T + bias).max()))
+        return np.array(parts)
+
+    on_val, on_query = by_hand(val_maps), by_hand(query)
+    expected = ((on_query - on_val.mean(0)) / on_val.std(0)).sum(1)
+    np.testing.assert_allclose(detector_scores("cells", tensors, query, k=2), expected, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="layer4 map"):
+        detector_scores("cells", tensors, torch.from_numpy(pooled))
+
+
 def test_threshold_keeps_95_percent_and_the_measures_by_hand():
     scores = np.arange(1, 101, dtype=float)  # 100 validation images
     threshold = threshold_at(scores)
@@ -157,16 +194,38 @@ def test_fit_command_stores_a_detector_that_flags_odd_images(data_dir, tmp_path,
     assert fam is not None and fam.method == "knn" and fam.info["train_images"] == 60 and fam.info["k"] == 3
     assert fam.tensors["bank"].shape == (60, 2048) and "standardise" not in fam.tensors
     val = MaterializedSplit(data_dir, "val")
-    val_scores = fam.scores(*map(torch.from_numpy, extract({"m": loaded}, [val[i].image for i in range(len(val))],
-                                                             len(val))["m"]))
+    val_features = extract({"m": loaded}, [val[i].image for i in range(len(val))], len(val))["m"]
+    val_scores = fam.scores(torch.from_numpy(val_features.pooled), val_features.probs)
     assert np.mean(val_scores <= fam.threshold) >= 0.95
     checkers = (np.indices((64, 64)).sum(0) // 8 % 2 * 255).astype(np.uint8)
     odd = [Image.fromarray(np.full((64, 64, 3), v, np.uint8)) for v in (128, 255)] + [Image.fromarray(checkers).convert("RGB")]
     odd += [Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(3)]
-    odd_scores = fam.scores(*map(torch.from_numpy, extract({"m": loaded}, odd, len(odd))["m"]))
+    odd_features = extract({"m": loaded}, odd, len(odd))["m"]
+    odd_scores = fam.scores(torch.from_numpy(odd_features.pooled), odd_features.probs)
     assert auroc(val_scores, odd_scores) > 0.95
     result = compare(odd[1], {"cbam": loaded})
     assert result.results["cbam"].familiarity.unfamiliar
+
+
+def test_fit_command_stores_a_cells_detector_the_app_uses(data_dir, tmp_path, capsys):
+    path = make_checkpoint(tmp_path / "c.safetensors", "resnet50", 3, class_names=AssetPack.load(data_dir).class_names)
+    fit = ["familiarity", "fit", "--data", str(data_dir), "--checkpoint", str(path), "--images", "40",
+           "--batch-size", "16", "--k", "3", "--method", "cells"]  # fmt: skip
+    assert cli_main(fit) == 0, capsys.readouterr().err
+    loaded = load_checkpoint(path)
+    fam = loaded.familiarity
+    assert fam is not None and fam.method == "cells" and fam.info["feature"].startswith("layer4 map")
+    assert fam.tensors["cells"].shape == (40, 2048)
+    assert fam.tensors["classifier"].shape == (loaded.meta.num_classes, 2049)
+    torch.testing.assert_close(fam.tensors["classifier"][:, :-1], loaded.model.fc.weight.float())
+    val = MaterializedSplit(data_dir, "val")
+    val_features = extract({"m": loaded}, [val[i].image for i in range(len(val))], len(val), maps=True)["m"]
+    assert np.mean(fam.scores(val_features.maps, val_features.probs) <= fam.threshold) >= 0.95
+    result = compare(random_image(4), {"baseline": loaded}).results["baseline"].familiarity
+    assert result is not None and result.method == "cells" and result.threshold == fam.threshold
+    _damage(path, lambda s, h: ({**s, "familiarity.classifier": s["familiarity.classifier"][:2]}, h))
+    with pytest.warns(FamiliarityWarning, match="familiarity.classifier has shape"):
+        assert load_checkpoint(path).familiarity is None
 
 
 def test_checkpoints_without_familiarity_say_not_available(tiny_models):
