@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 METHODS = ("mahalanobis", "knn", "msp", "knn+msp", "cells")
-STORED_METHODS = ("mahalanobis", "knn", "knn+msp", "cells")
-MAP_METHODS = frozenset({"cells"})  # scored on the layer4 map itself, not on its pooled features  # msp needs no statistics: it is measured, never stored
+STORED_METHODS = ("mahalanobis", "knn", "knn+msp", "cells")  # msp needs no statistics: it is measured, never stored
+MAP_METHODS = frozenset({"cells"})  # scored on the layer4 map itself, not on its pooled features
 TENSOR_PREFIX = "familiarity."
 SCORE_NAMES = {  # what each method's score is, for people
     "mahalanobis": "Mahalanobis distance",
@@ -106,12 +106,7 @@ def detector_scores(
     if method in MAP_METHODS:
         if features.ndim != 4:
             raise ValueError(f"the {method} score needs the layer4 map (N, K, h, w), got shape {tuple(features.shape)}")
-        parts = (
-            best_cell_distance(tensors["cells"], features),
-            detector_scores("knn", tensors, features, k=k),
-            -cell_logits(tensors["classifier"], features).amax(dim=(1, 2)).numpy(),
-        )
-        return _standardised_sum(tensors["standardise"], parts)
+        return _standardised_sum(tensors["standardise"], _cell_parts(tensors, features, k))
     x = pool(features) if features.ndim == 4 else features.float()
     if method == "mahalanobis":
         y = x @ tensors["whitening"].float().T  # (N, K): whitened features
@@ -133,6 +128,15 @@ def detector_scores(
         parts = (detector_scores("knn", tensors, x, k=k), detector_scores("msp", tensors, x, probs))
         return _standardised_sum(tensors["standardise"], parts)
     raise ValueError(f"unknown familiarity method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _cell_parts(tensors: dict[str, torch.Tensor], maps: torch.Tensor, k: int) -> tuple[np.ndarray, ...]:
+    """The three unstandardised scores of `cells` on layer4 maps: best-cell distance, pooled kNN, -top cell logit."""
+    return (
+        best_cell_distance(tensors["cells"], maps),
+        detector_scores("knn", tensors, maps, k=k),
+        -cell_logits(tensors["classifier"], maps).amax(dim=(1, 2)).numpy(),
+    )
 
 
 def _standardised_sum(scale: torch.Tensor, parts: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -211,13 +215,7 @@ def fit_tensors(
             "cells": torch.nn.functional.normalize(torch.as_tensor(cells).float(), dim=1).to(torch.float16),
             "classifier": classifier.detach().float().cpu(),
         }
-        val_maps = torch.as_tensor(val[2])
-        parts = (
-            best_cell_distance(tensors["cells"], val_maps),
-            detector_scores("knn", tensors, torch.from_numpy(val[0]), k=k),
-            -cell_logits(tensors["classifier"], val_maps).amax(dim=(1, 2)).numpy(),
-        )
-        return {**tensors, "standardise": _scale(parts)}
+        return {**tensors, "standardise": _scale(_cell_parts(tensors, torch.as_tensor(val[2]), k))}
     if method == "knn+msp":
         if val is None:
             raise ValueError("knn+msp is standardised on the validation split: pass its features and softmax")

@@ -112,6 +112,7 @@ def extract(
     """Each model's pooled layer4 features and softmax, preprocessed exactly as the app does; with `maps` also the
     layer4 maps, with `labels` (which may fill while the images are drawn) each image's evidence cell."""
     out: dict[str, dict[str, list]] = {key: {"pooled": [], "probs": [], "maps": [], "cells": []} for key in models}
+    classifiers = {} if labels is None else {key: classifier_tensor(loaded.model.fc) for key, loaded in models.items()}
     done = 0
     for batch in _batches(tqdm(images, total=count, desc=desc, unit="img", file=sys.stderr), batch_size):
         for key, loaded in models.items():
@@ -124,7 +125,7 @@ def extract(
                 parts["maps"].append(features)
             if labels is not None:
                 batch_labels = np.asarray(labels[done : done + len(batch)])
-                parts["cells"].append(evidence_cells(features, batch_labels, classifier_tensor(loaded.model.fc)))
+                parts["cells"].append(evidence_cells(features, batch_labels, classifiers[key]))
         done += len(batch)
     return {
         key: Features(np.concatenate(p["pooled"]), np.concatenate(p["probs"]),
@@ -187,12 +188,11 @@ def fit_detectors(
     info = {**info, "val_images": len(val), "keep": KEEP, "feature": FEATURE, "k": k}
     fitted: dict[str, dict[str, Familiarity]] = {}
     for key, loaded in models.items():
-        own, val_own = train[key], val_features[key]
+        own, val_own, classifier = train[key], val_features[key], classifier_tensor(loaded.model.fc)
         fitted[key] = {}
         for method in methods:
             tensors = fit_tensors(method, own.pooled, np.asarray(labels), loaded.meta.num_classes,
-                                  (val_own.pooled, val_own.probs, val_own.maps), k, own.cells,
-                                  classifier_tensor(loaded.model.fc))  # fmt: skip
+                                  (val_own.pooled, val_own.probs, val_own.maps), k, own.cells, classifier)  # fmt: skip
             scores = detector_scores(method, tensors, val_own.scored(method), val_own.probs, k)
             feature = MAP_FEATURE if method in MAP_METHODS else FEATURE
             fitted[key][method] = Familiarity(method, threshold_at(scores), tensors, {**info, "feature": feature})
