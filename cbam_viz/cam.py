@@ -35,8 +35,8 @@ from torchvision.transforms.v2 import functional as TF
 from cbam_viz.attention import AttentionMaps, capture_attention
 from cbam_viz.checkpoints import LoadedModel, ModelMeta
 from cbam_viz.errors import CbamVizError, echo
-from cbam_viz.familiarity import FamiliarityScore
-from cbam_viz.models import STAGES, forward_features
+from cbam_viz.familiarity import FamiliarityScore, Maps
+from cbam_viz.models import STAGES, forward_maps
 
 # name -> (grad-cam class, label shown to people)
 METHODS: dict[str, tuple[type, str]] = {
@@ -275,9 +275,11 @@ def _run_one(
     model, meta = loaded.model, loaded.meta
     x = preprocess(images, meta, input_size).to(loaded.device)
     with torch.inference_mode(), capture_attention() as maps:
-        logits, features = forward_features(model, x)
+        logits, layer3, features = forward_maps(model, x)
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-        familiarity = loaded.familiarity.judge(features.cpu(), probs) if loaded.familiarity else None
+        familiarity = None
+        if loaded.familiarity is not None:
+            familiarity = loaded.familiarity.judge(Maps(layer3.cpu(), features.cpu()), probs)
     targets = [[c for spec in spec_list for c in resolve_target(spec, meta, p)] for spec_list, p in zip(specs, probs)]
     if len(set(map(len, targets))) != 1:
         raise CbamVizError("every image needs the same number of targets")

@@ -168,8 +168,8 @@ def _check_familiarity_tensors(method: str, tensors: dict[str, torch.Tensor], cl
         "mahalanobis": {"whitening": (features, features), "means": (classes, features)},
         "knn": {"bank": (None, features)},
         "knn+msp": {"bank": (None, features), "standardise": (2, 2)},
-        "cells": {"bank": (None, features), "cells": (None, features), "classifier": (classes, features + 1),
-                  "standardise": (3, 2)},
+        "patches": {"patches": (None, None), "projection": (features // 2, None),
+                    "classifier": (classes, features + 1), "standardise": (2, 2)},
     }[method]
     missing = sorted(set(shapes) - set(tensors))
     if missing:
@@ -180,6 +180,8 @@ def _check_familiarity_tensors(method: str, tensors: dict[str, torch.Tensor], cl
             raise ValueError(f"{TENSOR_PREFIX}{key} has shape {tuple(tensor.shape)}, expected {shape}")
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
             raise ValueError(f"{TENSOR_PREFIX}{key} holds non-finite or non-float values")
+    if method == "patches" and tensors["patches"].shape[1] != tensors["projection"].shape[1]:
+        raise ValueError(f"{TENSOR_PREFIX}patches and {TENSOR_PREFIX}projection differ in width")
 
 
 def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

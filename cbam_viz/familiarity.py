@@ -12,11 +12,16 @@ extra pass:
 * ``knn+msp``: the sum of the two scores, each standardised by its mean and spread on the validation split. The
   kNN distance sees how unlike the training features an image is, MSP how unsure the classifier is: an image of
   no known subject can be close in feature space yet without any confident class, or the other way round.
-* ``cells``: three scores of the layer4 map, each standardised on the validation split and summed: the distance
-  from the image's best L2-normalised cell to the nearest entry of a bank holding, per training image, the cell
-  with the most evidence for its true class; the kNN distance of the pooled features; and minus the highest class
-  logit of any single cell. The pooled features mix the subject with its background, a cell need not: an image
-  of no known subject has no cell that looks like a known subject, whatever its background.
+* ``patches``: two scores of the maps, each standardised on the validation split and summed. First, the layer3
+  patches under the layer4 cells with the highest class logits (the layer3 map average-pooled onto layer4's grid)
+  are compared with a bank holding, per training image, the patch under its cell of most evidence for its true
+  class; the score is the distance of the closest pair (a nearest-patch distance, as in PatchCore, Roth et al.
+  2022). Second, minus the highest class logit of any single layer4 cell. The pooled features mix the subject
+  with its background, a patch need not: an image of no known subject has no patch that looks like a known
+  subject, whatever its background. Layer3 keeps what the subject looks like at a finer grain than layer4, whose
+  cells in a CBAM-ResNet50 trained here mostly carry layer3's features through the shortcut. Patches are compared
+  after a fixed random projection (Johnson-Lindenstrauss) to half the channels, which keeps their distances and
+  halves what each comparison reads from memory.
 
 Every score grows as an image looks less familiar. The threshold keeps 95% of the validation images familiar.
 The statistics of one detector live inside the checkpoint (safetensors tensors ``familiarity.*`` plus a JSON
@@ -26,27 +31,37 @@ header entry), so a checkpoint carries its own familiarity model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-METHODS = ("mahalanobis", "knn", "msp", "knn+msp", "cells")
-STORED_METHODS = ("mahalanobis", "knn", "knn+msp", "cells")  # msp needs no statistics: it is measured, never stored
-MAP_METHODS = frozenset({"cells"})  # scored on the layer4 map itself, not on its pooled features
+METHODS = ("mahalanobis", "knn", "msp", "knn+msp", "patches")
+STORED_METHODS = ("mahalanobis", "knn", "knn+msp", "patches")  # msp needs no statistics: it is measured, never stored
+MAP_METHODS = frozenset({"patches"})  # scored on the layer3 and layer4 maps, not on the pooled features
 TENSOR_PREFIX = "familiarity."
 SCORE_NAMES = {  # what each method's score is, for people
     "mahalanobis": "Mahalanobis distance",
     "knn": "kNN distance",
     "msp": "1 - max softmax",
     "knn+msp": "kNN distance + (1 - max softmax), standardised",
-    "cells": "best-cell distance + kNN distance - top cell logit, standardised",
+    "patches": "nearest-patch distance - top cell logit, standardised",
 }
 KEEP = 0.95  # share of validation images that stay familiar at the threshold
 DEFAULT_K = 20
 DEFAULT_TRAIN_IMAGES = 3200  # training images a detector is fit on
 FEATURE = "layer4 global average pool"
-MAP_FEATURE = "layer4 map: its cells and their global average pool"
+MAP_FEATURE = "layer3 patches under the layer4 cells of most class evidence; the cells' class logits"
+TOP_CELLS = 5  # layer4 cells whose layer3 patches an image is judged by
+PROJECTED = 512  # columns of the random projection patches are compared in (at most their channels)
+
+
+class Maps(NamedTuple):
+    """What the MAP_METHODS score: the layer3 map (N, K3, H, W), whole or already pooled onto layer4's grid, and
+    the layer4 map (N, K, h, w)."""
+
+    layer3: torch.Tensor
+    layer4: torch.Tensor
 
 
 @dataclass
@@ -72,13 +87,13 @@ class Familiarity:
     tensors: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
 
-    def scores(self, features: torch.Tensor, probs: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
-        """Raw scores (N,) of layer4 maps (N, K, h, w) or, for methods outside MAP_METHODS, pooled features (N, K);
-        higher = less familiar."""
+    def scores(self, features: Maps | torch.Tensor, probs: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
+        """Raw scores (N,) of the maps or, for methods outside MAP_METHODS, of layer4 maps (N, K, h, w) or pooled
+        features (N, K); higher = less familiar."""
         return detector_scores(self.method, self.tensors, features, probs, int(self.info.get("k", DEFAULT_K)))
 
-    def judge(self, features: torch.Tensor, probs: torch.Tensor | np.ndarray | None = None) -> list[FamiliarityScore]:
-        """One FamiliarityScore per image of layer4 maps (N, K, h, w)."""
+    def judge(self, features: Maps, probs: torch.Tensor | np.ndarray | None = None) -> list[FamiliarityScore]:
+        """One FamiliarityScore per image of the maps."""
         return [
             FamiliarityScore(float(s), self.threshold, bool(s > self.threshold), self.method)
             for s in self.scores(features, probs)
@@ -97,16 +112,18 @@ def pool(features: torch.Tensor) -> torch.Tensor:
 def detector_scores(
     method: str,
     tensors: dict[str, torch.Tensor],
-    features: torch.Tensor,
+    features: Maps | torch.Tensor,
     probs: torch.Tensor | np.ndarray | None = None,
     k: int = DEFAULT_K,
 ) -> np.ndarray:
-    """Scores (N,) of `method` given its fitted tensors, on layer4 maps (N, K, h, w) or pooled features (N, K)
-    (MAP_METHODS need the maps); higher = less familiar."""
+    """Scores (N,) of `method` given its fitted tensors, on the maps, or for methods outside MAP_METHODS also on
+    layer4 maps (N, K, h, w) or pooled features (N, K); higher = less familiar."""
     if method in MAP_METHODS:
-        if features.ndim != 4:
-            raise ValueError(f"the {method} score needs the layer4 map (N, K, h, w), got shape {tuple(features.shape)}")
-        return _standardised_sum(tensors["standardise"], _cell_parts(tensors, features, k))
+        if not isinstance(features, Maps):
+            raise ValueError(f"the {method} score needs the layer3 and layer4 maps, got one tensor")
+        return _standardised_sum(tensors["standardise"], _patch_parts(tensors, features))
+    if isinstance(features, Maps):
+        features = features.layer4
     x = pool(features) if features.ndim == 4 else features.float()
     if method == "mahalanobis":
         y = x @ tensors["whitening"].float().T  # (N, K): whitened features
@@ -130,13 +147,13 @@ def detector_scores(
     raise ValueError(f"unknown familiarity method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def _cell_parts(tensors: dict[str, torch.Tensor], maps: torch.Tensor, k: int) -> tuple[np.ndarray, ...]:
-    """The three unstandardised scores of `cells` on layer4 maps: best-cell distance, pooled kNN, -top cell logit."""
-    return (
-        best_cell_distance(tensors["cells"], maps),
-        detector_scores("knn", tensors, maps, k=k),
-        -cell_logits(tensors["classifier"], maps).amax(dim=(1, 2)).numpy(),
-    )
+def _patch_parts(tensors: dict[str, torch.Tensor], maps: Maps) -> tuple[np.ndarray, np.ndarray]:
+    """The two unstandardised scores of `patches`: nearest-patch distance and minus the top cell logit."""
+    best = cell_logits(tensors["classifier"], maps.layer4).amax(dim=2)  # (N, h*w): each cell's top logit
+    index = best.topk(min(TOP_CELLS, best.shape[1]), dim=1).indices
+    query = project(tensors["projection"], layer3_patches(maps, index))  # (N, T, D) unit rows
+    nearest = (query @ tensors["patches"].float().T).amax(dim=(1, 2))
+    return (2 - 2 * nearest).clamp_min(0).sqrt().numpy(), -best.amax(dim=1).numpy()
 
 
 def _standardised_sum(scale: torch.Tensor, parts: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -157,14 +174,38 @@ def cell_logits(classifier: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     return _cells(maps) @ classifier[:, :-1].T + classifier[:, -1]
 
 
-def best_cell_distance(bank: torch.Tensor, maps: torch.Tensor, chunk: int = 64) -> np.ndarray:
-    """Per image, the smallest distance between one of its L2-normalised cells and a bank entry (unit rows)."""
-    bank = bank.float()
-    out = []
-    for start in range(0, len(maps), chunk):
-        z = torch.nn.functional.normalize(_cells(maps[start : start + chunk]), dim=2)
-        out.append((2 - 2 * (z @ bank.T).amax(dim=(1, 2))).clamp_min(0).sqrt())
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+def pooling_matrix(size_in: tuple[int, int], size_out: tuple[int, int]) -> torch.Tensor:
+    """Weights (h*w, H*W) that average a map of `size_in` (H, W) over each cell of `size_out` (h, w), with the
+    bins of adaptive average pooling."""
+
+    def axis(n_in: int, n_out: int) -> torch.Tensor:
+        weights = torch.zeros(n_out, n_in)
+        for i in range(n_out):
+            weights[i, i * n_in // n_out : -(-(i + 1) * n_in // n_out)] = 1
+        return weights / weights.sum(1, keepdim=True)
+
+    return torch.kron(axis(size_in[0], size_out[0]), axis(size_in[1], size_out[1]))
+
+
+def layer3_patches(maps: Maps, index: torch.Tensor) -> torch.Tensor:
+    """The layer3 map averaged over the layer4 cells `index` (N, T) -> (N, T, K3), in float32: adaptive average
+    pooling onto layer4's grid, computed at those cells only."""
+    layer3 = maps.layer3.float()
+    weights = pooling_matrix(tuple(layer3.shape[-2:]), tuple(maps.layer4.shape[-2:]))[index]  # (N, T, H*W)
+    return weights @ layer3.flatten(2).transpose(1, 2)
+
+
+def project(projection: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """Patches (..., K3) -> unit rows (..., D) in the detector's random projection of unit patches."""
+    unit = torch.nn.functional.normalize(patches.float(), dim=-1)
+    return torch.nn.functional.normalize(unit @ projection.float(), dim=-1)
+
+
+def random_projection(channels: int, seed: int = 0) -> torch.Tensor:
+    """A fixed Gaussian projection (K3, D) of patches to D = min(PROJECTED, K3) columns."""
+    generator = torch.Generator().manual_seed(seed)
+    columns = min(PROJECTED, channels)
+    return torch.randn(channels, columns, generator=generator) / columns**0.5
 
 
 def classifier_tensor(fc: torch.nn.Linear) -> torch.Tensor:
@@ -172,11 +213,12 @@ def classifier_tensor(fc: torch.nn.Linear) -> torch.Tensor:
     return torch.cat([fc.weight, fc.bias[:, None]], dim=1).detach().float().cpu()
 
 
-def evidence_cells(maps: torch.Tensor, labels: np.ndarray, classifier: torch.Tensor) -> torch.Tensor:
-    """Per image, its cell (N, K) with the highest logit of its true class: where the model sees that class."""
-    rows = torch.arange(len(maps))
-    best = cell_logits(classifier, maps)[rows, :, torch.as_tensor(labels)].argmax(dim=1)
-    return _cells(maps)[rows, best]
+def evidence_patches(maps: Maps, labels: np.ndarray, classifier: torch.Tensor) -> torch.Tensor:
+    """Per image, the layer3 patch (N, K3) under its layer4 cell with the highest logit of its true class: what
+    the model sees where it sees that class."""
+    rows = torch.arange(len(maps.layer4))
+    best = cell_logits(classifier, maps.layer4)[rows, :, torch.as_tensor(labels, dtype=torch.long)].argmax(dim=1)
+    return layer3_patches(maps, best[:, None])[:, 0]
 
 
 # ------------------------------------------------------------------------------------------------ fitting
@@ -201,21 +243,23 @@ def fit_tensors(
     num_classes: int,
     val: tuple[np.ndarray, ...] | None = None,
     k: int = DEFAULT_K,
-    cells: torch.Tensor | None = None,
+    patches: torch.Tensor | None = None,
     classifier: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The statistics of `method` from training features (N, K) and their labels. `knn+msp` also needs the
-    validation split's pooled features and softmax (`val`), on which its scores are standardised; `cells` needs
-    the training images' evidence cells (N, K), the classifier (C, K + 1) and, third in `val`, the validation maps."""
-    if method == "cells":
-        if cells is None or classifier is None or val is None or len(val) < 3:
-            raise ValueError("cells needs the training evidence cells, the classifier and the validation maps")
+    validation split's pooled features and softmax (`val`), on which its scores are standardised; `patches` needs
+    the training images' evidence patches (N, K3), the classifier (C, K + 1) and, third in `val`, the validation
+    Maps."""
+    if method == "patches":
+        if patches is None or classifier is None or val is None or len(val) < 3:
+            raise ValueError("patches needs the training evidence patches, the classifier and the validation maps")
+        projection = random_projection(patches.shape[1]).to(torch.float16)
         tensors = {
-            **fit_tensors("knn", pooled, labels, num_classes),
-            "cells": torch.nn.functional.normalize(torch.as_tensor(cells).float(), dim=1).to(torch.float16),
+            "patches": project(projection, patches).to(torch.float16),
+            "projection": projection,
             "classifier": classifier.detach().float().cpu(),
         }
-        return {**tensors, "standardise": _scale(_cell_parts(tensors, torch.as_tensor(val[2]), k))}
+        return {**tensors, "standardise": _scale(_patch_parts(tensors, val[2]))}
     if method == "knn+msp":
         if val is None:
             raise ValueError("knn+msp is standardised on the validation split: pass its features and softmax")

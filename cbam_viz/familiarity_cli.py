@@ -1,13 +1,15 @@
 """`python -m cbam_viz familiarity fit|eval`: fit a checkpoint's familiarity detector, and measure every detector.
 
-`fit` extracts the layer4 features of training scenes (the checkpoint's own training distribution) and of the
-validation split, fits the chosen detector, sets its threshold so that 95% of the validation images stay
+`fit` extracts the layer3 and layer4 features of training scenes (the checkpoint's own training distribution) and
+of the validation split, fits the chosen detector, sets its threshold so that 95% of the validation images stay
 familiar, and stores it inside the checkpoint, atomically.
 
 `eval` fits all detectors the same way and measures each, with the maximum softmax probability beside them, as
 AUROC and false-positive rate at 95% true-positive rate: familiar = the test split, unfamiliar = (a) scenes
 composed like the test split whose only subjects are held-out distractor stamps, and (b) real photographs from
-Debian packages showing none of the classes (downloaded with apt-get once, like `data build`'s assets).
+Debian packages showing none of the classes (downloaded with apt-get once, like `data build`'s assets). A third
+comparison touches no test image: the val split against unknown-subject scenes over the val backgrounds, which is
+what a choice between detectors is made on.
 """
 
 from __future__ import annotations
@@ -39,20 +41,21 @@ from cbam_viz.familiarity import (
     METHODS,
     STORED_METHODS,
     Familiarity,
+    Maps,
     auroc,
     classifier_tensor,
     detector_scores,
-    evidence_cells,
+    evidence_patches,
     fit_tensors,
     fpr_at_tpr,
     pool,
     threshold_at,
 )
 from cbam_viz.fileio import atomic_write_bytes
-from cbam_viz.models import forward_features
+from cbam_viz.models import forward_maps
 from cbam_viz.rcc import read_rcc
 
-DEFAULT_METHOD = "knn+msp"
+DEFAULT_METHOD = "patches"
 FIT_SEED = 1  # scene stream of the fit's training scenes (any seed draws from the training distribution)
 
 # The unfamiliar set (b): which photos of which Debian package, with their subjects, credits and sha256.
@@ -91,10 +94,10 @@ class Features(NamedTuple):
 
     pooled: np.ndarray  # (N, K) pooled layer4 features
     probs: np.ndarray  # (N, C) softmax
-    maps: torch.Tensor | None = None  # (N, K, h, w) layer4 maps, kept for the MAP_METHODS
-    cells: torch.Tensor | None = None  # (N, K) each image's cell of most evidence for its true class
+    maps: Maps | None = None  # layer3 pooled onto layer4's grid and layer4, kept for the MAP_METHODS
+    patches: torch.Tensor | None = None  # (N, K3) each image's layer3 patch of most evidence for its true class
 
-    def scored(self, method: str) -> torch.Tensor:
+    def scored(self, method: str) -> Maps | torch.Tensor:
         """What `method` scores: the maps for MAP_METHODS, else the pooled features."""
         return self.maps if method in MAP_METHODS else torch.from_numpy(self.pooled)
 
@@ -110,26 +113,32 @@ def extract(
     labels: Sequence[int] | None = None,
 ) -> dict[str, Features]:
     """Each model's pooled layer4 features and softmax, preprocessed exactly as the app does; with `maps` also the
-    layer4 maps, with `labels` (which may fill while the images are drawn) each image's evidence cell."""
-    out: dict[str, dict[str, list]] = {key: {"pooled": [], "probs": [], "maps": [], "cells": []} for key in models}
+    layer4 maps and the layer3 maps pooled onto their grid, with `labels` (which may fill while the images are
+    drawn) each image's evidence patch."""
+    out: dict[str, dict[str, list]] = {
+        key: {"pooled": [], "probs": [], "layer3": [], "layer4": [], "patches": []} for key in models
+    }
     classifiers = {} if labels is None else {key: classifier_tensor(loaded.model.fc) for key, loaded in models.items()}
     done = 0
     for batch in _batches(tqdm(images, total=count, desc=desc, unit="img", file=sys.stderr), batch_size):
         for key, loaded in models.items():
-            logits, features = forward_features(loaded.model, preprocess(batch, loaded.meta).to(loaded.device))
+            logits, layer3, features = forward_maps(loaded.model, preprocess(batch, loaded.meta).to(loaded.device))
             features = features.float().cpu()
+            grid = Maps(torch.nn.functional.adaptive_avg_pool2d(layer3.float(), features.shape[-2:]).cpu(), features)
             parts = out[key]
             parts["pooled"].append(pool(features).numpy())
             parts["probs"].append(torch.softmax(logits.float(), 1).cpu().numpy())
             if maps:
-                parts["maps"].append(features)
+                parts["layer3"].append(grid.layer3)
+                parts["layer4"].append(features)
             if labels is not None:
                 batch_labels = np.asarray(labels[done : done + len(batch)])
-                parts["cells"].append(evidence_cells(features, batch_labels, classifiers[key]))
+                parts["patches"].append(evidence_patches(grid, batch_labels, classifiers[key]))
         done += len(batch)
     return {
         key: Features(np.concatenate(p["pooled"]), np.concatenate(p["probs"]),
-                      torch.cat(p["maps"]) if p["maps"] else None, torch.cat(p["cells"]) if p["cells"] else None)
+                      Maps(torch.cat(p["layer3"]), torch.cat(p["layer4"])) if p["layer4"] else None,
+                      torch.cat(p["patches"]) if p["patches"] else None)
         for key, p in out.items()
     }  # fmt: skip
 
@@ -172,8 +181,9 @@ def validation_split(data: Path, split: str = "val"):
 
 def fit_detectors(
     models: dict[str, LoadedModel], data: Path, count: int, batch_size: int, methods: Sequence[str], k: int
-) -> tuple[dict[str, dict[str, Familiarity]], dict[str, Any]]:
-    """Fit each method for each model on `count` training scenes; thresholds keep 95% of the val split familiar."""
+) -> tuple[dict[str, dict[str, Familiarity]], dict[str, Any], dict[str, Features]]:
+    """Fit each method for each model on `count` training scenes; thresholds keep 95% of the val split familiar.
+    Also returns the val split's features."""
     if count < 2:
         raise CbamVizError("--images must be at least 2")
     sizes = {loaded.meta.input_size for loaded in models.values()}
@@ -191,19 +201,20 @@ def fit_detectors(
         own, val_own, classifier = train[key], val_features[key], classifier_tensor(loaded.model.fc)
         fitted[key] = {}
         for method in methods:
-            tensors = fit_tensors(method, own.pooled, np.asarray(labels), loaded.meta.num_classes,
-                                  (val_own.pooled, val_own.probs, val_own.maps), k, own.cells, classifier)  # fmt: skip
+            val_parts = (val_own.pooled, val_own.probs, val_own.maps)
+            tensors = fit_tensors(method, own.pooled, np.asarray(labels), loaded.meta.num_classes, val_parts, k,
+                                  own.patches, classifier)  # fmt: skip
             scores = detector_scores(method, tensors, val_own.scored(method), val_own.probs, k)
             feature = MAP_FEATURE if method in MAP_METHODS else FEATURE
             fitted[key][method] = Familiarity(method, threshold_at(scores), tensors, {**info, "feature": feature})
-    return fitted, info
+    return fitted, info, val_features
 
 
 # ------------------------------------------------------------------------------------------------------- fit
 def run_fit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     loaded = load_checkpoint(args.checkpoint, args.device)
-    fitted, info = fit_detectors({"model": loaded}, args.data, args.images, args.batch_size, [args.method], args.k)
+    fitted, info, _ = fit_detectors({"model": loaded}, args.data, args.images, args.batch_size, [args.method], args.k)
     familiarity = fitted["model"][args.method]
     store_familiarity(args.checkpoint, familiarity)
     stored = load_checkpoint(args.checkpoint, "cpu").familiarity
@@ -264,7 +275,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     models = load_pair(args.baseline, args.cbam, args.device)
-    fitted, info = fit_detectors(models, args.data, args.images, args.batch_size, METHODS, args.k)
+    fitted, info, val_features = fit_detectors(models, args.data, args.images, args.batch_size, METHODS, args.k)
     test = validation_split(args.data, "test")
     pack = AssetPack.load(args.data)
     photos = folder_photos(args.photos) if args.photos else debian_photos(args.cache)
@@ -276,6 +287,11 @@ def run_eval(args: argparse.Namespace) -> int:
             args.unknown_scenes, batch, "unknown-subject scenes", True,
         ),
         "photos": extract(models, (load_image(p) for p in photos), len(photos), batch, "real photos", True),
+        "val": val_features,
+        "val_unknown_scenes": extract(
+            models, (compose_unknown_scene(pack, "val", i, test.size) for i in range(args.unknown_scenes)),
+            args.unknown_scenes, batch, "unknown-subject scenes over val backgrounds", True,
+        ),
     }
     examples = _example_scenes()
     if examples:
@@ -291,6 +307,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 "threshold": threshold,
                 "unknown_scenes": measure(scores["test"], scores["unknown_scenes"], threshold),
                 "photos": measure(scores["test"], scores["photos"], threshold),
+                "val_unknown_scenes": measure(scores["val"], scores["val_unknown_scenes"], threshold),
                 "examples_familiar": [bool(s <= threshold) for s in scores.get("examples", [])],
             }
         stored = loaded.familiarity
@@ -312,25 +329,27 @@ def _example_scenes() -> list[Path]:
 
 
 def format_eval(report: dict[str, Any]) -> str:
-    """One line per model and detector: AUROC and FPR95 on each unfamiliar set, and the bundled examples kept."""
+    """One line per model and detector: AUROC and FPR95 on each unfamiliar set, on the val-side check that chooses
+    between detectors without the test split, and the bundled examples kept."""
     counts = report["counts"]
     header = (f"{'model':16s}{'detector':18s}{'unknown-subject scenes':>26s}{'real photos':>24s}"
-              f"{'examples familiar':>20s}")
+              f"{'val check':>24s}{'examples familiar':>20s}")
     lines = [
         f"familiar: {counts['test']} test scenes; unfamiliar: (a) {counts['unknown_scenes']} unknown-subject "
-        f"scenes, (b) {counts['photos']} real photos; thresholds keep {KEEP:.0%} of the val split familiar",
-        header, f"{'':34s}{'AUROC':>12s}{'FPR95':>12s}{'AUROC':>12s}{'FPR95':>12s}", "-" * len(header),
+        f"scenes, (b) {counts['photos']} real photos; thresholds keep {KEEP:.0%} of the val split familiar; "
+        f"val check: {counts['val']} val scenes against {counts['val_unknown_scenes']} unknown-subject scenes over "
+        "val backgrounds",
+        header, f"{'':34s}{'AUROC':>12s}{'FPR95':>12s}{'AUROC':>12s}{'FPR95':>12s}{'AUROC':>12s}{'FPR95':>12s}",
+        "-" * len(header),
     ]
     for entry in report["models"].values():
         stored = (entry["stored"] or {}).get("method")
         for method, row in entry["detectors"].items():
-            a, b = row["unknown_scenes"], row["photos"]
             kept = row["examples_familiar"]
             mark = " (stored)" if method == stored else ""
-            lines.append(
-                f"{entry['model']:16s}{method + mark:18s}{a['auroc']:12.3f}{100 * a['fpr95']:11.1f}%"
-                f"{b['auroc']:12.3f}{100 * b['fpr95']:11.1f}%{f'{sum(kept)}/{len(kept)}':>20s}"
-            )
+            cells = "".join(f"{row[name]['auroc']:12.3f}{100 * row[name]['fpr95']:11.1f}%"
+                            for name in ("unknown_scenes", "photos", "val_unknown_scenes"))  # fmt: skip
+            lines.append(f"{entry['model']:16s}{method + mark:18s}{cells}{f'{sum(kept)}/{len(kept)}':>20s}")
     return "\n".join(lines)
 
 

@@ -125,9 +125,16 @@ def infer_cbam_config(state: dict[str, torch.Tensor]) -> CBAMConfig:
     return CBAMConfig(**values)
 
 
+def forward_maps(model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the network once and return (logits, layer3 activations, layer4 activations) without any hook."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    layer3 = model.layer3(model.layer2(model.layer1(x)))
+    features = model.layer4(layer3)
+    logits = model.fc(torch.flatten(model.avgpool(features), 1))
+    return logits, layer3, features
+
+
 def forward_features(model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the network once and return (logits, layer4 activations) without any hook."""
-    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-    features = model.layer4(model.layer3(model.layer2(model.layer1(x))))
-    logits = model.fc(torch.flatten(model.avgpool(features), 1))
+    logits, _, features = forward_maps(model, x)
     return logits, features

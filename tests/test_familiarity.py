@@ -23,13 +23,16 @@ from cbam_viz.cam import compare
 from cbam_viz.checkpoints import CheckpointError, FamiliarityWarning, load_checkpoint, store_familiarity
 from cbam_viz.cli import main as cli_main
 from cbam_viz.familiarity import (
+    TOP_CELLS,
     Familiarity,
+    Maps,
     auroc,
     detector_scores,
-    evidence_cells,
+    evidence_patches,
     fit_tensors,
     fpr_at_tpr,
     ledoit_wolf,
+    pooling_matrix,
     threshold_at,
 )
 from cbam_viz.familiarity_cli import extract
@@ -108,40 +111,56 @@ def test_knn_plus_msp_is_the_sum_of_the_two_scores_standardised_on_validation():
     assert abs(on_val.mean()) < 1e-4  # both parts have mean 0 on the split they were standardised on
 
 
-def test_cells_score_is_the_three_distances_by_hand_standardised_on_validation():
-    gen = torch.Generator().manual_seed(3)
-    k_dim, classes = 6, 3
-    train_maps, val_maps, query = (torch.rand(n, k_dim, 2, 2, generator=gen) for n in (20, 15, 4))
-    labels = RNG.integers(0, classes, 20)
-    classifier = torch.randn(classes, k_dim + 1, generator=gen)
-    weights, bias = classifier[:, :-1].numpy(), classifier[:, -1].numpy()
-    cells = evidence_cells(train_maps, labels, classifier)
-    for i in range(20):
-        columns = train_maps[i].reshape(k_dim, 4).numpy()  # one column per cell
-        best = np.argmax(columns.T @ weights[labels[i]] + bias[labels[i]])
-        np.testing.assert_allclose(cells[i].numpy(), columns[:, best])
-    pooled, val_pooled = (m.mean((2, 3)).numpy() for m in (train_maps, val_maps))
-    tensors = fit_tensors("cells", pooled, labels, classes, (val_pooled, None, val_maps), k=2, cells=cells,
-                          classifier=classifier)  # fmt: skip
-    bank, pooled_bank = tensors["cells"].float().numpy(), tensors["bank"].float().numpy()
+@pytest.mark.parametrize("size_in, size_out", [((14, 14), (7, 7)), ((13, 7), (7, 4)), ((5, 6), (3, 3))])
+def test_pooling_matrix_averages_as_adaptive_pooling_does(size_in, size_out):
+    maps = torch.rand(2, 3, *size_in, generator=torch.Generator().manual_seed(1))
+    expected = torch.nn.functional.adaptive_avg_pool2d(maps, size_out).flatten(2)
+    torch.testing.assert_close(maps.flatten(2) @ pooling_matrix(size_in, size_out).T, expected)
 
-    def by_hand(maps: torch.Tensor) -> np.ndarray:
+
+def test_patches_score_is_the_two_distances_by_hand_standardised_on_validation():
+    gen = torch.Generator().manual_seed(3)
+    k4, k3, classes = 6, 4, 3
+
+    def maps(n: int) -> Maps:  # a 3x3 layer4 grid over a 6x6 layer3 map: each cell pools a 2x2 block
+        return Maps(torch.rand(n, k3, 6, 6, generator=gen), torch.rand(n, k4, 3, 3, generator=gen))
+
+    train, val, query = maps(20), maps(15), maps(4)
+    labels = RNG.integers(0, classes, 20)
+    classifier = torch.randn(classes, k4 + 1, generator=gen)
+    weights, bias = classifier[:, :-1].numpy(), classifier[:, -1].numpy()
+
+    def cells(m: Maps, i: int) -> tuple[np.ndarray, np.ndarray]:  # (9, K) layer4 cells, (9, K3) 2x2-pooled layer3
+        pooled = m.layer3[i].reshape(k3, 3, 2, 3, 2).mean((2, 4)).reshape(k3, 9).numpy().T
+        return m.layer4[i].reshape(k4, 9).numpy().T, pooled
+
+    patches = evidence_patches(train, labels, classifier)
+    for i in range(20):
+        layer4, layer3 = cells(train, i)
+        np.testing.assert_allclose(patches[i].numpy(), layer3[np.argmax(layer4 @ weights[labels[i]] + bias[labels[i]])],
+                                   rtol=1e-5)  # fmt: skip
+    tensors = fit_tensors("patches", None, labels, classes, (None, None, val), patches=patches, classifier=classifier)
+    projection, bank = tensors["projection"].float().numpy(), tensors["patches"].float().numpy()
+    assert projection.shape == (k3, k3) and bank.shape == (20, k3)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    def by_hand(m: Maps) -> np.ndarray:
         parts = []
-        for m in maps:
-            columns = m.reshape(k_dim, 4).numpy().T  # (cells, K)
-            unit = columns / np.linalg.norm(columns, axis=1, keepdims=True)
-            # distances between unit vectors, sqrt(2 - 2 cos), against the stored (float16) unit rows
-            nearest = np.sqrt(max(0.0, 2 - 2 * max(float(c @ b) for c in unit for b in bank)))
-            p = columns.mean(0) / np.linalg.norm(columns.mean(0))
-            second = np.sqrt(np.maximum(0, 2 - 2 * np.sort(pooled_bank @ p)[-2]))
-            parts.append((nearest, second, -(columns @ weights.T + bias).max()))
+        for i in range(len(m.layer4)):
+            layer4, layer3 = cells(m, i)
+            top = (layer4 @ weights.T + bias).max(1)  # each cell's highest class logit
+            chosen = unit(unit(layer3[np.argsort(-top)[:TOP_CELLS]]) @ projection)
+            nearest = np.sqrt(max(0.0, 2 - 2 * float((chosen @ bank.T).max())))
+            parts.append((nearest, -top.max()))
         return np.array(parts)
 
-    on_val, on_query = by_hand(val_maps), by_hand(query)
+    on_val, on_query = by_hand(val), by_hand(query)
     expected = ((on_query - on_val.mean(0)) / on_val.std(0)).sum(1)
-    np.testing.assert_allclose(detector_scores("cells", tensors, query, k=2), expected, rtol=1e-3, atol=1e-3)
-    with pytest.raises(ValueError, match="layer4 map"):
-        detector_scores("cells", tensors, torch.from_numpy(pooled))
+    np.testing.assert_allclose(detector_scores("patches", tensors, query), expected, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="layer3 and layer4 maps"):
+        detector_scores("patches", tensors, query.layer4)
 
 
 def test_threshold_keeps_95_percent_and_the_measures_by_hand():
@@ -182,7 +201,7 @@ def test_fit_command_stores_a_detector_that_flags_odd_images(data_dir, tmp_path,
     before = load_file(str(path))
     fit = ["familiarity", "fit", "--data", str(data_dir), "--checkpoint", str(path), "--images", "60",
            "--batch-size", "16", "--k", "3"]
-    assert cli_main(fit) == 0, capsys.readouterr().err  # the default method: knn+msp
+    assert cli_main([*fit, "--method", "knn+msp"]) == 0, capsys.readouterr().err
     fam = load_checkpoint(path).familiarity
     assert fam is not None and fam.method == "knn+msp" and fam.tensors["standardise"].shape == (2, 2)
     # a random-weight model's softmax means nothing, so the separation below is measured on knn alone
@@ -207,22 +226,25 @@ def test_fit_command_stores_a_detector_that_flags_odd_images(data_dir, tmp_path,
     assert result.results["cbam"].familiarity.unfamiliar
 
 
-def test_fit_command_stores_a_cells_detector_the_app_uses(data_dir, tmp_path, capsys):
+def test_fit_command_stores_a_patches_detector_the_app_uses(data_dir, tmp_path, capsys):
     path = make_checkpoint(tmp_path / "c.safetensors", "resnet50", 3, class_names=AssetPack.load(data_dir).class_names)
     fit = ["familiarity", "fit", "--data", str(data_dir), "--checkpoint", str(path), "--images", "40",
-           "--batch-size", "16", "--k", "3", "--method", "cells"]  # fmt: skip
-    assert cli_main(fit) == 0, capsys.readouterr().err
+           "--batch-size", "16"]  # fmt: skip
+    assert cli_main(fit) == 0, capsys.readouterr().err  # the default method: patches
     loaded = load_checkpoint(path)
     fam = loaded.familiarity
-    assert fam is not None and fam.method == "cells" and fam.info["feature"].startswith("layer4 map")
-    assert fam.tensors["cells"].shape == (40, 2048)
+    assert fam is not None and fam.method == "patches" and fam.info["feature"].startswith("layer3 patches")
+    assert fam.tensors["patches"].shape == (40, 512) and fam.tensors["projection"].shape == (1024, 512)
     assert fam.tensors["classifier"].shape == (loaded.meta.num_classes, 2049)
     torch.testing.assert_close(fam.tensors["classifier"][:, :-1], loaded.model.fc.weight.float())
     val = MaterializedSplit(data_dir, "val")
     val_features = extract({"m": loaded}, [val[i].image for i in range(len(val))], len(val), maps=True)["m"]
     assert np.mean(fam.scores(val_features.maps, val_features.probs) <= fam.threshold) >= 0.95
     result = compare(random_image(4), {"baseline": loaded}).results["baseline"].familiarity
-    assert result is not None and result.method == "cells" and result.threshold == fam.threshold
+    assert result is not None and result.method == "patches" and result.threshold == fam.threshold
+    _damage(path, lambda s, h: ({**s, "familiarity.projection": s["familiarity.projection"][:, :8].contiguous()}, h))
+    with pytest.warns(FamiliarityWarning, match="differ in width"):
+        assert load_checkpoint(path).familiarity is None
     _damage(path, lambda s, h: ({**s, "familiarity.classifier": s["familiarity.classifier"][:2]}, h))
     with pytest.warns(FamiliarityWarning, match="familiarity.classifier has shape"):
         assert load_checkpoint(path).familiarity is None
@@ -412,3 +434,28 @@ def test_eval_reports_the_score_distribution(familiar_pair):
     assert dist["cbam"]["percentiles"]["p50"] == pytest.approx(1.0)
     text = format_familiarity({**dist, "baseline": None}, {"baseline": "ResNet50", "cbam": "CBAM-ResNet50"})
     assert "ResNet50: not available" in text and "CBAM-ResNet50 (knn, threshold" in text
+
+
+def test_eval_command_measures_every_detector_on_every_set(data_dir, tmp_path, capsys):
+    names = AssetPack.load(data_dir).class_names
+    paths = [make_checkpoint(tmp_path / f"{arch}.safetensors", arch, seed, class_names=names)
+             for seed, arch in enumerate(("resnet50", "resnet50-cbam"))]  # fmt: skip
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        random_image(10 + i).save(photos / f"p{i}.png")
+    out = tmp_path / "eval"
+    args = ["familiarity", "eval", "--data", str(data_dir), "--baseline", str(paths[0]), "--cbam", str(paths[1]),
+            "--images", "40", "--unknown-scenes", "6", "--photos", str(photos), "--out", str(out), "--k", "3"]
+    assert cli_main(args) == 0, capsys.readouterr().err
+    report = json.loads((out / "familiarity_eval.json").read_text())
+    assert report["counts"] == {"test": 20, "unknown_scenes": 6, "photos": 4, "val": 20, "val_unknown_scenes": 6,
+                                "examples": report["counts"]["examples"]}  # fmt: skip
+    for entry in report["models"].values():
+        assert set(entry["detectors"]) == {"mahalanobis", "knn", "msp", "knn+msp", "patches"}
+        for row in entry["detectors"].values():
+            for name in ("unknown_scenes", "photos", "val_unknown_scenes"):
+                assert 0 <= row[name]["auroc"] <= 1 and 0 <= row[name]["fpr95"] <= 1
+    printed = capsys.readouterr().out
+    assert "val check: 20 val scenes against 6 unknown-subject scenes" in printed
+    assert printed.count("patches") == 2
