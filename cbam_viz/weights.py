@@ -48,12 +48,12 @@ class BundledWeights:
 BUNDLED: dict[str, BundledWeights] = {
     "baseline": BundledWeights(
         "resnet50_baseline.safetensors",
-        "133ed051f0bb961e4f5cbdf23a8a2ac69ec5bbcc568d3657f05b9badce7ca562",
+        "a737622d217d13f5a776ccfecc62dbabd615f10cefdefbae95d0f7506e437eb3",
         "ResNet50 trained on the 32-class stamp scenes at 224 px",
     ),
     "cbam": BundledWeights(
         "resnet50_cbam.safetensors",
-        "caef358af65316db83f16c4517e0c640193f864916791ec7f5f167104464f731",
+        "87375d2f232da374eddad5245b2c6aaf1830a4e5a8a44f87f9e3e6016756266d",
         "CBAM-ResNet50 (the paper's design) trained on the 32-class stamp scenes at 224 px, same recipe",
     ),
 }
