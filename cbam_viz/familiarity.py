@@ -19,7 +19,7 @@ extra pass:
   2022). Second, minus the highest class logit of any single layer4 cell. The pooled features mix the subject
   with its background, a patch need not: an image of no known subject has no patch that looks like a known
   subject, whatever its background. Layer3 keeps what the subject looks like at a finer grain than layer4, whose
-  cells in a CBAM-ResNet50 trained here mostly carry layer3's features through the shortcut. Patches are compared
+  cells in the bundled CBAM-ResNet50 mostly carry layer3's features through the shortcut. Patches are compared
   after a fixed random projection (Johnson-Lindenstrauss) to half the channels, which keeps their distances and
   halves what each comparison reads from memory.
 
@@ -147,13 +147,18 @@ def detector_scores(
     raise ValueError(f"unknown familiarity method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def _patch_parts(tensors: dict[str, torch.Tensor], maps: Maps) -> tuple[np.ndarray, np.ndarray]:
-    """The two unstandardised scores of `patches`: nearest-patch distance and minus the top cell logit."""
+def _patch_parts(tensors: dict[str, torch.Tensor], maps: Maps, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The two unstandardised scores of `patches`: nearest-patch distance and minus the top cell logit (images in
+    chunks, so that a large split never holds all its similarities at once)."""
     best = cell_logits(tensors["classifier"], maps.layer4).amax(dim=2)  # (N, h*w): each cell's top logit
     index = best.topk(min(TOP_CELLS, best.shape[1]), dim=1).indices
-    query = project(tensors["projection"], layer3_patches(maps, index))  # (N, T, D) unit rows
-    nearest = (query @ tensors["patches"].float().T).amax(dim=(1, 2))
-    return (2 - 2 * nearest).clamp_min(0).sqrt().numpy(), -best.amax(dim=1).numpy()
+    bank, distances = tensors["patches"].float(), []
+    for i in range(0, len(index), chunk):
+        part = Maps(maps.layer3[i : i + chunk], maps.layer4[i : i + chunk])
+        query = project(tensors["projection"], layer3_patches(part, index[i : i + chunk]))  # (n, T, D) unit rows
+        distances.append((2 - 2 * (query @ bank.T).amax(dim=(1, 2))).clamp_min(0).sqrt())
+    nearest = torch.cat(distances) if distances else torch.zeros(0)
+    return nearest.numpy(), -best.amax(dim=1).numpy()
 
 
 def _standardised_sum(scale: torch.Tensor, parts: tuple[np.ndarray, ...]) -> np.ndarray:
