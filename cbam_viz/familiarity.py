@@ -30,6 +30,7 @@ header entry), so a checkpoint carries its own familiarity model.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -179,9 +180,10 @@ def cell_logits(classifier: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     return _cells(maps) @ classifier[:, :-1].T + classifier[:, -1]
 
 
+@functools.lru_cache(maxsize=16)
 def pooling_matrix(size_in: tuple[int, int], size_out: tuple[int, int]) -> torch.Tensor:
     """Weights (h*w, H*W) that average a map of `size_in` (H, W) over each cell of `size_out` (h, w), with the
-    bins of adaptive average pooling."""
+    bins of adaptive average pooling; built once per pair of sizes (callers index it, never change it)."""
 
     def axis(n_in: int, n_out: int) -> torch.Tensor:
         weights = torch.zeros(n_out, n_in)

@@ -124,10 +124,12 @@ def extract(
         for key, loaded in models.items():
             logits, layer3, features = forward_maps(loaded.model, preprocess(batch, loaded.meta).to(loaded.device))
             features = features.float().cpu()
-            grid = Maps(torch.nn.functional.adaptive_avg_pool2d(layer3.float(), features.shape[-2:]).cpu(), features)
             parts = out[key]
             parts["pooled"].append(pool(features).numpy())
             parts["probs"].append(torch.softmax(logits.float(), 1).cpu().numpy())
+            if not maps and labels is None:
+                continue
+            grid = Maps(torch.nn.functional.adaptive_avg_pool2d(layer3.float(), features.shape[-2:]).cpu(), features)
             if maps:
                 parts["layer3"].append(grid.layer3)
                 parts["layer4"].append(features)
@@ -276,7 +278,7 @@ def run_eval(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     models = load_pair(args.baseline, args.cbam, args.device)
     fitted, info, val_features = fit_detectors(models, args.data, args.images, args.batch_size, METHODS, args.k)
-    test = validation_split(args.data, "test")
+    test, val_size = validation_split(args.data, "test"), validation_split(args.data).size
     pack = AssetPack.load(args.data)
     photos = folder_photos(args.photos) if args.photos else debian_photos(args.cache)
     batch = args.batch_size
@@ -289,7 +291,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "photos": extract(models, (load_image(p) for p in photos), len(photos), batch, "real photos", True),
         "val": val_features,
         "val_unknown_scenes": extract(
-            models, (compose_unknown_scene(pack, "val", i, test.size) for i in range(args.unknown_scenes)),
+            models, (compose_unknown_scene(pack, "val", i, val_size) for i in range(args.unknown_scenes)),
             args.unknown_scenes, batch, "unknown-subject scenes over val backgrounds", True,
         ),
     }
