@@ -169,7 +169,7 @@ def _check_familiarity_tensors(method: str, tensors: dict[str, torch.Tensor], cl
         "knn": {"bank": (None, features)},
         "knn+msp": {"bank": (None, features), "standardise": (2, 2)},
         "patches": {"patches": (None, None), "projection": (features // 2, None),
-                    "classifier": (classes, features + 1), "standardise": (2, 2)},
+                    "classifier": (classes, features + 1), "standardise": (2, 3)},
     }[method]
     missing = sorted(set(shapes) - set(tensors))
     if missing:

@@ -12,16 +12,18 @@ extra pass:
 * ``knn+msp``: the sum of the two scores, each standardised by its mean and spread on the validation split. The
   kNN distance sees how unlike the training features an image is, MSP how unsure the classifier is: an image of
   no known subject can be close in feature space yet without any confident class, or the other way round.
-* ``patches``: two scores of the maps, each standardised on the validation split and summed. First, the layer3
-  patches under the layer4 cells with the highest class logits (the layer3 map average-pooled onto layer4's grid)
-  are compared with a bank holding, per training image, the patch under its cell of most evidence for its true
-  class; the score is the distance of the closest pair (a nearest-patch distance, as in PatchCore, Roth et al.
-  2022). Second, minus the highest class logit of any single layer4 cell. The pooled features mix the subject
-  with its background, a patch need not: an image of no known subject has no patch that looks like a known
-  subject, whatever its background. Layer3 keeps what the subject looks like at a finer grain than layer4, whose
-  cells in the bundled CBAM-ResNet50 mostly carry layer3's features through the shortcut. Patches are compared
-  after a fixed random projection (Johnson-Lindenstrauss) to half the channels, which keeps their distances and
-  halves what each comparison reads from memory.
+* ``patches``: two scores of the maps, each standardised on the validation split and summed, the first with
+  twice the weight. First, the layer3 patches under the layer4 cells with the highest class logits (the layer3
+  map average-pooled onto layer4's grid) are compared with a bank holding, per training image, the patches under
+  its cells of most evidence for its true class; each image cell gets the distance to its closest bank patch (a
+  nearest-patch distance, as in PatchCore, Roth et al. 2022) and the score is the mean of the two smallest.
+  Second, minus the highest class logit of any single layer4 cell. The pooled features mix the subject with its
+  background, a patch need not: an image of no known subject has no patch that looks like a known subject,
+  whatever its background, and a known subject usually shows in more than one cell. Layer3 keeps what the subject
+  looks like at a finer grain than layer4, whose cells in the bundled CBAM-ResNet50 mostly carry layer3's features
+  through the shortcut. Patches are compared in the bank's principal directions (the top eigenvectors of the
+  training patches' second moments, uncentred): a few dozen columns keep their similarities, so each comparison
+  reads a small fraction of the memory that comparing whole patches would.
 
 Every score grows as an image looks less familiar. The threshold keeps 95% of the validation images familiar.
 The statistics of one detector live inside the checkpoint (safetensors tensors ``familiarity.*`` plus a JSON
@@ -46,15 +48,18 @@ SCORE_NAMES = {  # what each method's score is, for people
     "knn": "kNN distance",
     "msp": "1 - max softmax",
     "knn+msp": "kNN distance + (1 - max softmax), standardised",
-    "patches": "nearest-patch distance - top cell logit, standardised",
+    "patches": "2 x nearest-patch distance - top cell logit, standardised",
 }
 KEEP = 0.95  # share of validation images that stay familiar at the threshold
 DEFAULT_K = 20
 DEFAULT_TRAIN_IMAGES = 3200  # training images a detector is fit on
 FEATURE = "layer4 global average pool"
 MAP_FEATURE = "layer3 patches under the layer4 cells of most class evidence; the cells' class logits"
-TOP_CELLS = 5  # layer4 cells whose layer3 patches an image is judged by
-PROJECTED = 512  # columns of the random projection patches are compared in (at most their channels)
+TOP_CELLS = 8  # layer4 cells whose layer3 patches an image is judged by
+NEAREST = 2  # the image's cells closest to the bank, whose distances the patch score averages
+BANK_CELLS = 3  # evidence patches per training image in the bank
+PROJECTED = 64  # principal directions patches are compared in (at most their channels)
+PATCH_WEIGHT = 2.0  # weight of the standardised nearest-patch distance beside the standardised top cell logit
 
 
 class Maps(NamedTuple):
@@ -157,15 +162,18 @@ def _patch_parts(tensors: dict[str, torch.Tensor], maps: Maps, chunk: int = 256)
     for i in range(0, len(index), chunk):
         part = Maps(maps.layer3[i : i + chunk], maps.layer4[i : i + chunk])
         query = project(tensors["projection"], layer3_patches(part, index[i : i + chunk]))  # (n, T, D) unit rows
-        distances.append((2 - 2 * (query @ bank.T).amax(dim=(1, 2))).clamp_min(0).sqrt())
+        nearest = (2 - 2 * (query @ bank.T).amax(dim=2)).clamp_min(0).sqrt()  # (n, T): each cell's closest patch
+        distances.append(nearest.topk(min(NEAREST, nearest.shape[1]), dim=1, largest=False).values.mean(dim=1))
     nearest = torch.cat(distances) if distances else torch.zeros(0)
     return nearest.numpy(), -best.amax(dim=1).numpy()
 
 
 def _standardised_sum(scale: torch.Tensor, parts: tuple[np.ndarray, ...]) -> np.ndarray:
-    """The sum of scores, each less its validation mean over its validation spread (rows of `scale`)."""
+    """The weighted sum of scores, each less its validation mean over its validation spread (rows of `scale`:
+    mean, spread and, where there is a third column, the score's weight, else 1)."""
     rows = scale.double().numpy()
-    return sum((part - mean) / std for part, (mean, std) in zip(parts, rows)).astype(np.float32)
+    weights = rows[:, 2] if rows.shape[1] > 2 else np.ones(len(rows))
+    return sum(w * (part - row[0]) / row[1] for part, row, w in zip(parts, rows, weights)).astype(np.float32)
 
 
 def _cells(maps: torch.Tensor) -> torch.Tensor:
@@ -203,16 +211,17 @@ def layer3_patches(maps: Maps, index: torch.Tensor) -> torch.Tensor:
 
 
 def project(projection: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-    """Patches (..., K3) -> unit rows (..., D) in the detector's random projection of unit patches."""
+    """Patches (..., K3) -> unit rows (..., D) in the detector's projection of unit patches."""
     unit = torch.nn.functional.normalize(patches.float(), dim=-1)
     return torch.nn.functional.normalize(unit @ projection.float(), dim=-1)
 
 
-def random_projection(channels: int, seed: int = 0) -> torch.Tensor:
-    """A fixed Gaussian projection (K3, D) of patches to D = min(PROJECTED, K3) columns."""
-    generator = torch.Generator().manual_seed(seed)
-    columns = min(PROJECTED, channels)
-    return torch.randn(channels, columns, generator=generator) / columns**0.5
+def principal_projection(unit: torch.Tensor, columns: int = PROJECTED) -> torch.Tensor:
+    """The top `columns` eigenvectors (K3, D) of the second-moment matrix of unit patches (N, K3): the directions
+    that hold most of the patches' energy, so that few columns keep their similarities."""
+    x = unit.double()
+    _, vectors = torch.linalg.eigh(x.T @ x / max(len(x), 1))
+    return vectors[:, -min(columns, x.shape[1]) :].flip(1).float()
 
 
 def classifier_tensor(fc: torch.nn.Linear) -> torch.Tensor:
@@ -220,12 +229,14 @@ def classifier_tensor(fc: torch.nn.Linear) -> torch.Tensor:
     return torch.cat([fc.weight, fc.bias[:, None]], dim=1).detach().float().cpu()
 
 
-def evidence_patches(maps: Maps, labels: np.ndarray, classifier: torch.Tensor) -> torch.Tensor:
-    """Per image, the layer3 patch (N, K3) under its layer4 cell with the highest logit of its true class: what
-    the model sees where it sees that class."""
+def evidence_patches(
+    maps: Maps, labels: np.ndarray, classifier: torch.Tensor, count: int = BANK_CELLS
+) -> torch.Tensor:
+    """Per image, the layer3 patches (N, count, K3) under its `count` layer4 cells with the highest logits of its
+    true class: what the model sees where it sees that class."""
     rows = torch.arange(len(maps.layer4))
-    best = cell_logits(classifier, maps.layer4)[rows, :, torch.as_tensor(labels, dtype=torch.long)].argmax(dim=1)
-    return layer3_patches(maps, best[:, None])[:, 0]
+    evidence = cell_logits(classifier, maps.layer4)[rows, :, torch.as_tensor(labels, dtype=torch.long)]
+    return layer3_patches(maps, evidence.topk(min(count, evidence.shape[1]), dim=1).indices)
 
 
 # ------------------------------------------------------------------------------------------------ fitting
@@ -255,18 +266,19 @@ def fit_tensors(
 ) -> dict[str, torch.Tensor]:
     """The statistics of `method` from training features (N, K) and their labels. `knn+msp` also needs the
     validation split's pooled features and softmax (`val`), on which its scores are standardised; `patches` needs
-    the training images' evidence patches (N, K3), the classifier (C, K + 1) and, third in `val`, the validation
-    Maps."""
+    the training images' evidence patches (N, BANK_CELLS, K3), the classifier (C, K + 1) and, third in `val`, the
+    validation Maps."""
     if method == "patches":
         if patches is None or classifier is None or val is None or len(val) < 3:
             raise ValueError("patches needs the training evidence patches, the classifier and the validation maps")
-        projection = random_projection(patches.shape[1]).to(torch.float16)
+        unit = torch.nn.functional.normalize(patches.float().flatten(0, -2), dim=1)
+        projection = principal_projection(unit).to(torch.float16)
         tensors = {
-            "patches": project(projection, patches).to(torch.float16),
+            "patches": project(projection, unit).to(torch.float16),
             "projection": projection,
             "classifier": classifier.detach().float().cpu(),
         }
-        return {**tensors, "standardise": _scale(_patch_parts(tensors, val[2]))}
+        return {**tensors, "standardise": _scale(_patch_parts(tensors, val[2]), (PATCH_WEIGHT, 1.0))}
     if method == "knn+msp":
         if val is None:
             raise ValueError("knn+msp is standardised on the validation split: pass its features and softmax")
@@ -296,9 +308,12 @@ def fit_tensors(
     raise ValueError(f"unknown familiarity method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def _scale(parts: tuple[np.ndarray, ...]) -> torch.Tensor:
-    """Rows (mean, standard deviation) of each validation score, for `_standardised_sum`."""
-    return torch.tensor([[float(np.mean(p)), max(float(np.std(p)), 1e-6)] for p in parts], dtype=torch.float32)
+def _scale(parts: tuple[np.ndarray, ...], weights: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Rows (mean, standard deviation[, weight]) of each validation score, for `_standardised_sum`."""
+    rows = [[float(np.mean(p)), max(float(np.std(p)), 1e-6)] for p in parts]
+    if weights is not None:
+        rows = [row + [float(w)] for row, w in zip(rows, weights)]
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def threshold_at(val_scores: np.ndarray, keep: float = KEEP) -> float:

@@ -95,7 +95,7 @@ class Features(NamedTuple):
     pooled: np.ndarray  # (N, K) pooled layer4 features
     probs: np.ndarray  # (N, C) softmax
     maps: Maps | None = None  # layer3 pooled onto layer4's grid and layer4, kept for the MAP_METHODS
-    patches: torch.Tensor | None = None  # (N, K3) each image's layer3 patch of most evidence for its true class
+    patches: torch.Tensor | None = None  # (N, BANK_CELLS, K3) layer3 patches of most evidence for the true class
 
     def scored(self, method: str) -> Maps | torch.Tensor:
         """What `method` scores: the maps for MAP_METHODS, else the pooled features."""
@@ -114,7 +114,7 @@ def extract(
 ) -> dict[str, Features]:
     """Each model's pooled layer4 features and softmax, preprocessed exactly as the app does; with `maps` also the
     layer4 maps and the layer3 maps pooled onto their grid, with `labels` (which may fill while the images are
-    drawn) each image's evidence patch."""
+    drawn) each image's evidence patches."""
     out: dict[str, dict[str, list]] = {
         key: {"pooled": [], "probs": [], "layer3": [], "layer4": [], "patches": []} for key in models
     }

@@ -48,12 +48,12 @@ class BundledWeights:
 BUNDLED: dict[str, BundledWeights] = {
     "baseline": BundledWeights(
         "resnet50_baseline.safetensors",
-        "a737622d217d13f5a776ccfecc62dbabd615f10cefdefbae95d0f7506e437eb3",
+        "ee34026fc7687cb9f3c45cfce3833baf60774eb5d4c1c7906ceeb4e45244c366",
         "ResNet50 trained on the 32-class stamp scenes at 224 px",
     ),
     "cbam": BundledWeights(
         "resnet50_cbam.safetensors",
-        "87375d2f232da374eddad5245b2c6aaf1830a4e5a8a44f87f9e3e6016756266d",
+        "0653509ea1fc678c682401c6bd277b42b91bc4f11718eec4399b6ff8ad8c810b",
         "CBAM-ResNet50 (the paper's design) trained on the 32-class stamp scenes at 224 px, same recipe",
     ),
 }

@@ -29,6 +29,11 @@ def test_bench_smoke(tmp_path, tiny_checkpoints, capsys):
         assert value > 0
     assert all(len(samples) >= 1 for samples in result["samples_s"].values())
     assert set(result["figures_from_minimums"]) <= set(result["figures"])
+    # the scores' own time: one entry per timed compare() (not the warm-up), each inside that compare's time
+    assert "timed inside compare()" in printed
+    timed, whole = result["samples_s"]["familiarity_scores"], result["samples_s"]["compare_familiarity"]
+    assert len(timed) == len(whole) and all(0 < t < w for t, w in zip(timed, whole))
+    assert result["figures"]["familiarity_timed_ratio"] > 1
 
 
 def test_bench_rejects_bad_arguments(capsys):

@@ -23,6 +23,10 @@ from cbam_viz.cam import compare
 from cbam_viz.checkpoints import CheckpointError, FamiliarityWarning, load_checkpoint, store_familiarity
 from cbam_viz.cli import main as cli_main
 from cbam_viz.familiarity import (
+    BANK_CELLS,
+    NEAREST,
+    PATCH_WEIGHT,
+    PROJECTED,
     TOP_CELLS,
     Familiarity,
     Maps,
@@ -33,6 +37,7 @@ from cbam_viz.familiarity import (
     fpr_at_tpr,
     ledoit_wolf,
     pooling_matrix,
+    principal_projection,
     threshold_at,
 )
 from cbam_viz.familiarity_cli import extract
@@ -135,13 +140,15 @@ def test_patches_score_is_the_two_distances_by_hand_standardised_on_validation()
         return m.layer4[i].reshape(k4, 9).numpy().T, pooled
 
     patches = evidence_patches(train, labels, classifier)
+    assert patches.shape == (20, BANK_CELLS, k3)
     for i in range(20):
         layer4, layer3 = cells(train, i)
-        np.testing.assert_allclose(patches[i].numpy(), layer3[np.argmax(layer4 @ weights[labels[i]] + bias[labels[i]])],
-                                   rtol=1e-5)  # fmt: skip
+        evidence = np.argsort(-(layer4 @ weights[labels[i]] + bias[labels[i]]))[:BANK_CELLS]
+        np.testing.assert_allclose(patches[i].numpy(), layer3[evidence], rtol=1e-5)
     tensors = fit_tensors("patches", None, labels, classes, (None, None, val), patches=patches, classifier=classifier)
     projection, bank = tensors["projection"].float().numpy(), tensors["patches"].float().numpy()
-    assert projection.shape == (k3, k3) and bank.shape == (20, k3)
+    assert projection.shape == (k3, k3) and bank.shape == (20 * BANK_CELLS, k3)
+    np.testing.assert_allclose(projection.T @ projection, np.eye(k3), atol=2e-3)  # orthonormal directions
 
     def unit(x: np.ndarray) -> np.ndarray:
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -152,15 +159,26 @@ def test_patches_score_is_the_two_distances_by_hand_standardised_on_validation()
             layer4, layer3 = cells(m, i)
             top = (layer4 @ weights.T + bias).max(1)  # each cell's highest class logit
             chosen = unit(unit(layer3[np.argsort(-top)[:TOP_CELLS]]) @ projection)
-            nearest = np.sqrt(max(0.0, 2 - 2 * float((chosen @ bank.T).max())))
-            parts.append((nearest, -top.max()))
+            per_cell = np.sqrt(np.maximum(0.0, 2 - 2 * (chosen @ bank.T).max(1)))  # each cell's closest bank patch
+            parts.append((np.sort(per_cell)[:NEAREST].mean(), -top.max()))
         return np.array(parts)
 
     on_val, on_query = by_hand(val), by_hand(query)
-    expected = ((on_query - on_val.mean(0)) / on_val.std(0)).sum(1)
+    expected = ((on_query - on_val.mean(0)) / on_val.std(0)) @ np.array([PATCH_WEIGHT, 1.0])
     np.testing.assert_allclose(detector_scores("patches", tensors, query), expected, rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="layer3 and layer4 maps"):
         detector_scores("patches", tensors, query.layer4)
+
+
+def test_principal_projection_keeps_the_distances_of_patches_in_a_subspace():
+    """Patches that span a few directions keep their pairwise similarities in that many principal columns."""
+    gen = torch.Generator().manual_seed(4)
+    basis = torch.linalg.qr(torch.randn(16, 3, generator=gen)).Q  # three orthonormal directions in 16 channels
+    unit = torch.nn.functional.normalize(torch.randn(200, 3, generator=gen) @ basis.T, dim=1)
+    projection = principal_projection(unit, 3)
+    assert projection.shape == (16, 3)
+    torch.testing.assert_close((unit @ projection) @ (unit @ projection).T, unit @ unit.T, atol=1e-4, rtol=0)
+    assert principal_projection(unit, 64).shape == (16, 16)  # never more columns than channels
 
 
 def test_threshold_keeps_95_percent_and_the_measures_by_hand():
@@ -234,7 +252,7 @@ def test_fit_command_stores_a_patches_detector_the_app_uses(data_dir, tmp_path, 
     loaded = load_checkpoint(path)
     fam = loaded.familiarity
     assert fam is not None and fam.method == "patches" and fam.info["feature"].startswith("layer3 patches")
-    assert fam.tensors["patches"].shape == (40, 512) and fam.tensors["projection"].shape == (1024, 512)
+    assert fam.tensors["patches"].shape == (40 * BANK_CELLS, PROJECTED) and fam.tensors["projection"].shape == (1024, PROJECTED)
     assert fam.tensors["classifier"].shape == (loaded.meta.num_classes, 2049)
     torch.testing.assert_close(fam.tensors["classifier"][:, :-1], loaded.model.fc.weight.float())
     val = MaterializedSplit(data_dir, "val")
