@@ -162,8 +162,8 @@ def _patch_parts(tensors: dict[str, torch.Tensor], maps: Maps, chunk: int = 256)
     for i in range(0, len(index), chunk):
         part = Maps(maps.layer3[i : i + chunk], maps.layer4[i : i + chunk])
         query = project(tensors["projection"], layer3_patches(part, index[i : i + chunk]))  # (n, T, D) unit rows
-        nearest = (2 - 2 * (query @ bank.T).amax(dim=2)).clamp_min(0).sqrt()  # (n, T): each cell's closest patch
-        distances.append(nearest.topk(min(NEAREST, nearest.shape[1]), dim=1, largest=False).values.mean(dim=1))
+        per_cell = (2 - 2 * (query @ bank.T).amax(dim=2)).clamp_min(0).sqrt()  # (n, T): each cell's closest patch
+        distances.append(per_cell.topk(min(NEAREST, per_cell.shape[1]), dim=1, largest=False).values.mean(dim=1))
     nearest = torch.cat(distances) if distances else torch.zeros(0)
     return nearest.numpy(), -best.amax(dim=1).numpy()
 

@@ -133,8 +133,3 @@ def forward_maps(model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     logits = model.fc(torch.flatten(model.avgpool(features), 1))
     return logits, layer3, features
 
-
-def forward_features(model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the network once and return (logits, layer4 activations) without any hook."""
-    logits, _, features = forward_maps(model, x)
-    return logits, features

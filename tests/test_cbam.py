@@ -11,7 +11,7 @@ import torchvision
 
 from cbam_viz.attention import capture_attention
 from cbam_viz.cbam import CBAM, CBAMConfig
-from cbam_viz.models import ARCHS, build_model, forward_features
+from cbam_viz.models import ARCHS, build_model, forward_maps
 
 
 def sigmoid(v: float) -> float:
@@ -280,10 +280,11 @@ def test_cbam_options_reach_every_block_and_need_a_cbam_arch():
 
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 48), (33, 71)])
-def test_any_input_size_and_forward_features(size):
+def test_any_input_size_and_forward_maps(size):
     model = build_model("resnet50-cbam", 5).eval()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
-        logits, features = forward_features(model, x)
+        logits, layer3, features = forward_maps(model, x)
         torch.testing.assert_close(logits, model(x))
-    assert logits.shape == (2, 5) and features.shape[:2] == (2, 2048)
+        torch.testing.assert_close(features, model.layer4(layer3))
+    assert logits.shape == (2, 5) and features.shape[:2] == (2, 2048) and layer3.shape[:2] == (2, 1024)
