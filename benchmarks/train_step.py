@@ -20,10 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model  # noqa: E402
+from cbam_viz.models import DISPLAY_NAMES, build_model  # noqa: E402
 from cbam_viz.train.config import DEFAULT_LABEL_SMOOTHING, DEFAULT_WEIGHT_DECAY, MOMENTUM, auto_precision  # noqa: E402
 from cbam_viz.train.loop import autocast  # noqa: E402
 from cbam_viz.train.optim import param_groups  # noqa: E402
+from cbam_viz.train.pair import PAIR  # noqa: E402
 
 
 def make_step(arch: str, compiled: bool, batch: int, size: int, precision: str):
@@ -60,7 +61,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {args.size} px, batch {args.batch}, {precision}")
 
     steps = {}
-    for arch in ARCHS:
+    for arch in PAIR:
         for compiled in (False, True):
             step = make_step(arch, compiled, args.batch, args.size, precision)
             start = time.perf_counter()
@@ -76,7 +77,7 @@ def main() -> None:
             start = time.perf_counter()
             steps[key]()
             rates[key].append(args.batch / (time.perf_counter() - start))
-    for arch in ARCHS:
+    for arch in PAIR:
         eager, compiled = rates[arch, False], rates[arch, True]
         ratios = [c / e for c, e in zip(compiled, eager)]
         print(f"{DISPLAY_NAMES[arch]:<14} eager {statistics.median(eager):5.1f} img/s, compiled "

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("cbam_viz.bench", "measure compare/CAM/export speed against bare forward passes"),
     "data": ("cbam_viz.data.build", "build the stamp-scenes asset pack and its splits, or write them as an ImageFolder"),
     "train": ("cbam_viz.train", "train a ResNet or CBAM-ResNet on stamp scenes or photos (ImageFolder, ImageNet)"),
+    "train-pair": ("cbam_viz.train.pair", "train ResNet50 and CBAM-ResNet50 by the published recipe, resumably"),
     "eval": ("cbam_viz.evaluate", "accuracy and Grad-CAM localization of checkpoints on stamp scenes or photos"),
     "familiarity": ("cbam_viz.familiarity_cli", "fit a checkpoint's familiarity detector, or measure every detector"),
 }

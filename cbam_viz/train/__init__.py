@@ -1,7 +1,7 @@
 """`train`: train a ResNet (18/34/50/101) or its CBAM version on stamp scenes or a photo folder (ImageFolder,
 ImageNet), from scratch or from a checkpoint, resumably.
 
-One recipe for both architectures (the defaults are the published recipe):
+One recipe for both architectures (`train-pair` runs the pair's phases with it; the defaults of one run:)
 
 * SGD, Nesterov momentum 0.9, peak lr 0.1 x batch/32 (linear scaling), linear warmup over the first 5 % of steps,
   then cosine to 0; weight decay 5e-5 on conv/linear weights only (none on BN parameters or biases);

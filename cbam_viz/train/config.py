@@ -15,7 +15,7 @@ from cbam_viz.data.transforms import AUGMENTS
 from cbam_viz.errors import CbamVizError
 from cbam_viz.models import ARCHS, parse_arch
 
-# The published recipe.
+# Defaults of one `train` run. The recipe of the pair the app compares is `cbam_viz.train.pair.RECIPE`.
 DEFAULT_IMAGES = 120_000
 DEFAULT_BATCH = 32
 BASE_LR = 0.1  # peak learning rate per LR_REFERENCE_BATCH images, scaled linearly with the global batch
