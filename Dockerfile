@@ -7,8 +7,8 @@
 #   BASE_IMAGE       any Debian-based image with python3 (3.11) and its venv module; the default is the
 #                    official slim image. Behind a proxy that re-signs TLS, use a base that trusts its CA.
 #   TORCH_INDEX_URL  where torch and torchvision come from: the PyTorch CPU index by default (a far smaller
-#                    image, no CUDA libraries); another index, such as https://pypi.org/simple, gives the
-#                    CUDA build of the same versions (about 4 GB more), still run on the CPU here.
+#                    image, no CUDA libraries); empty (--build-arg TORCH_INDEX_URL=) takes them from pip's own
+#                    index, whose build of the same versions carries CUDA (about 4 GB more), still run on the CPU.
 #   PIP_INDEX_URL    optional: the index for everything else (pip reads it from the environment).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
@@ -38,7 +38,8 @@ WORKDIR /app
 # CPU index's 2.14.1+cpu); the second install adds the rest (gradio, grad-cam with opencv-python-headless: no
 # libGL or glib needed). From the CPU index, the build checks that no CUDA build slipped in.
 COPY requirements.txt ./
-RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.14.1 torchvision==0.29.1 \
+RUN (if [ -n "${TORCH_INDEX_URL}" ]; then export PIP_INDEX_URL="${TORCH_INDEX_URL}"; fi \
+        && pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1) \
     && pip install --no-cache-dir -r requirements.txt \
     && python -c "import cv2, torch, torchvision; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
     && case "${TORCH_INDEX_URL}" in \

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from cbam_viz.attention import AttentionMaps, capture_attention
 from cbam_viz.checkpoints import LoadedModel, ModelMeta
 from cbam_viz.errors import CbamVizError, echo
 from cbam_viz.familiarity import FamiliarityScore, Maps
+from cbam_viz.images import load_image
 from cbam_viz.models import STAGES, forward_maps
 
 # name -> (grad-cam class, label shown to people)
@@ -252,14 +254,17 @@ def run_models(
 
 
 def compare(
-    image: Image.Image,
+    image: Image.Image | str | os.PathLike[str],
     models: dict[str, LoadedModel],
     target: TargetSpec | Sequence[TargetSpec] = "top1",
     method: str = DEFAULT_METHOD,
     layer: str = DEFAULT_LAYER,
     max_side: int | None = 1024,
 ) -> Comparison:
-    """Both models on one image: top-5 (labels, softmax P), heatmaps for the target(s), attention maps."""
+    """Both models on one image (a PIL image, or a path read with `load_image`): top-5 (labels, softmax P), heatmaps
+    for the target(s), attention maps."""
+    if not isinstance(image, Image.Image):
+        image = load_image(image)
     return run_models([image], models, target, method, layer, max_side)[0]
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from cbam_viz.errors import CbamVizError
 
 # subcommand -> (module, one-line help). Modules are imported lazily so `--help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "app": ("cbam_viz.app.launch", "serve the page that compares the two models, its HTTP API and MCP tools"),
     "export": ("cbam_viz.export", "export Grad-CAM heatmaps of both models for files, folders or globs"),
     "merge": ("cbam_viz.export_merge", "join the manifests of sharded export runs into one"),
     "bench": ("cbam_viz.bench", "measure compare/CAM/export speed against bare forward passes"),
@@ -25,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only `command`'s module is imported to fill in its options (keeps startup fast)."""
     parser = argparse.ArgumentParser(
-        prog="python -m cbam_viz", description="CBAM Grad-CAM Studio: export heatmaps, benchmark, build data, train, evaluate."
+        prog="cbam-viz" if Path(sys.argv[0]).name == "cbam-viz" else "python -m cbam_viz", description="CBAM Grad-CAM Studio: export heatmaps, benchmark, build data, train, evaluate."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():

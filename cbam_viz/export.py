@@ -295,6 +295,8 @@ def load_models(keys: Sequence[str], paths: dict[str, str | None], device: torch
             raise CbamVizError(
                 f"checkpoint for the {key} model not found: {missing} (pass --{key} PATH, or --models to export fewer)"
             )
+        if not paths.get(key):
+            BUNDLED[key].verify(Path(path))
         loaded = load_checkpoint(path, device)
         targets = resolve_target(settings.target, loaded.meta, np.zeros(loaded.meta.num_classes, dtype=np.float32))
         if len(targets) != 1:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cbam_viz.errors import CbamVizError
+from cbam_viz.fileio import sha256_file
 
 WEIGHTS_ENV = "CBAM_VIZ_WEIGHTS"
 CHECKOUT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -33,8 +34,20 @@ class BundledWeights:
                 return path
         return None
 
+    def verify(self, path: Path) -> Path:
+        """`path`, once its sha256 is the table's; CbamVizError names the file when it was altered or replaced."""
+        digest = sha256_file(path)
+        if digest != self.sha256:
+            raise CbamVizError(
+                f"{path} is not the bundled {self.file_name}: its sha256 is {digest[:16]}..., the table in "
+                f"cbam_viz/weights.py has {self.sha256[:16]}...; restore the file, or pass its path as a checkpoint "
+                "to load it as it is"
+            )
+        return path
+
     def path(self, environ: Mapping[str, str] | None = None) -> Path:
-        """The file, as `find` finds it; CbamVizError says where it was looked for and what to do."""
+        """The file, as `find` finds it, checked by `verify`; CbamVizError says where it was looked for and what
+        to do."""
         found = self.find(environ)
         if found is None:
             where = ", ".join(str(folder) for folder in weights_folders(environ))
@@ -42,7 +55,7 @@ class BundledWeights:
                 f"checkpoint not found: the bundled {self.file_name} is in none of the weights folders ({where}); "
                 f"set {WEIGHTS_ENV} to the folder that holds it, or pass the checkpoint's path"
             )
-        return found
+        return self.verify(found)
 
 
 BUNDLED: dict[str, BundledWeights] = {

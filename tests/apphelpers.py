@@ -16,7 +16,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-import app  # noqa: E402, F401  (the tests import it from here)
+from cbam_viz.app import launch as app  # noqa: E402, F401  (the tests import it from here)
 from cbam_viz.app.ui import build_demo, queue  # noqa: E402
 
 

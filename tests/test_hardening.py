@@ -430,7 +430,7 @@ def test_app_binds_loopback_caps_uploads_and_never_shares(monkeypatch, tiny_mode
     assert seen["max_file_size"] == "50mb" and seen["show_error"] is False
     assert not seen.get("allowed_paths")
     assert seen["demo"]._queue.max_size == 32  # a bounded queue
-    source = (ROOT / "app.py").read_text()
+    source = (ROOT / "cbam_viz" / "app" / "launch.py").read_text()
     assert "share=True" not in source and "allowed_paths" not in source
 
 
