@@ -1,13 +1,14 @@
 """`python -m cbam_viz eval`: accuracy and Grad-CAM localization of both models on the stamp-scenes test split, or
 on a folder of photos (`--data DIR` with DIR/<split>/<class>/<image>, see `cbam_viz.photo_eval`).
 
-Per model: top-1, top-5, mean softmax P of the true class, pointing game (the CAM of the true class peaks within
-15 px of the object at 224 px, scaled to the scene size), energy in mask, and how often the peak lands on a
-distractor object instead. Prints a side-by-side table with the paired difference of CBAM from the baseline (a
-bootstrap interval, and McNemar's test for 0/1 metrics), the same by object size (thirds of the scenes by the
-object's share of the image: a coarse CAM's single peak misses small objects most easily), the familiarity score's
-distribution where the checkpoints carry a detector, writes JSON and a Sec. 4.3-style figure. `--road` adds grad-cam's
-ROAD faithfulness score of each model's own CAM (`cbam_viz.faithfulness`) on either data source.
+Per model: top-1, top-5, mean softmax P of the true class, pointing game (the CAM of the true class peaks less than
+15 px from the object at 224 px, scaled to the scene size; also as TorchRay's mean of per-class accuracies), energy
+in mask, and how often the peak lands on a distractor object instead. Prints a side-by-side table with the paired
+difference of CBAM from the baseline (a bootstrap interval, and McNemar's test for 0/1 metrics), the same by object
+size (thirds of the scenes by the object's share of the image: a coarse CAM's single peak misses small objects most
+easily), the familiarity score's distribution where the checkpoints carry a detector, writes JSON and a
+Sec. 4.3-style figure. `--road` adds grad-cam's ROAD faithfulness score of each model's own CAM
+(`cbam_viz.faithfulness`) on either data source.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from cbam_viz.data.annotations import ORIENTATION_FRAMES
 from cbam_viz.errors import CbamVizError
 from cbam_viz.faithfulness import ROAD_METRIC, road_cost, road_for_batch
 from cbam_viz.fileio import atomic_write_bytes
-from cbam_viz.metrics import energy_in_mask, peak, pointing_hit
+from cbam_viz.metrics import class_mean, energy_in_mask, peak, pointing_hit
 from cbam_viz.paired import RESAMPLES, PairedDifference, paired_differences
 
 METRICS = (
@@ -141,6 +142,18 @@ def scene_scores(probs: np.ndarray, heatmap: np.ndarray, scene) -> dict[str, flo
         "energy": energy_in_mask(heatmap, scene.mask),
         "on_distractor": float(on_distractor),
     }
+
+
+def pointing_class_means(records: list[dict]) -> dict[str, float]:
+    """Each model's pointing game as TorchRay reports it: the mean of its per-class accuracies over `records`."""
+    labels = [r["label"] for r in records]
+    return {key: class_mean([r[key]["pointing"] for r in records], labels) for key in ("baseline", "cbam")}
+
+
+def format_class_means(means: dict[str, float], names: dict[str, str]) -> str:
+    """One line beside the table's pointing game (a mean over images): each model's mean of per-class accuracies."""
+    return "pointing game, mean of per-class accuracies (as TorchRay): " + " / ".join(
+        f"{names[key]} {100 * value:.1f}%" for key, value in means.items())
 
 
 def size_thirds(scenes: list[dict]) -> list[tuple[str, np.ndarray]]:
@@ -300,6 +313,8 @@ def run_stamps(args: argparse.Namespace) -> int:
           + " / ".join(f"{size} px" for size in input_sizes.values()))
     sizes = by_object_size(result["scenes"])
     print(format_table(result["summary"], names, paired, metrics))
+    class_means = pointing_class_means(result["scenes"])
+    print(format_class_means(class_means, names))
     if args.road:
         print(road_cost(result["count"], len(models), result["road_seconds"]))
     print(format_size_table(sizes, names))
@@ -313,6 +328,7 @@ def run_stamps(args: argparse.Namespace) -> int:
         "input_size": input_sizes,
         "seconds": round(time.perf_counter() - started, 1),
         "summary": result["summary"],
+        "pointing_class_mean": class_means,
         "cbam_minus_baseline": {metric: asdict(diff) for metric, diff in paired.items()},
         "by_object_size": sizes,
         "familiarity": familiarity,

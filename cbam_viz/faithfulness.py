@@ -2,9 +2,10 @@
 
 For each of the percentiles 10..90, the most relevant pixels (by the CAM) are replaced by noisy linear imputation
 and the softmax P of the explained class is measured again; likewise removing the least relevant pixels first.
-`ROADCombined` reports (drop when removing least relevant − drop when removing most relevant) / 2: higher means the
-CAM points at what the model uses. Each image costs 2 orders × 9 percentiles × 2 forward passes (before and after
-imputation) and 18 sparse imputations, so it is off by default (`eval --road`).
+`ROADCombined` reports (drop when removing most relevant − drop when removing least relevant) / 2, i.e. (P after
+removing least relevant − P after removing most relevant) / 2: higher means the CAM points at what the model uses.
+Each image costs 2 orders × 9 percentiles × 2 forward passes (before and after imputation) and 18 sparse
+imputations, so it is off by default (`eval --road`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """Localization metrics for heatmaps: pointing game, energy in mask, box localization, attention/CAM agreement.
 
-Pointing game (Zhang et al., ECCV 2016): a hit when the heatmap's maximum lies within `tolerance` pixels of the
-object; the usual 15 px at 224 px input is scaled to the map's size by `pointing_tolerance`. Localization
-(Grad-CAM, Selvaraju et al., Sec. 4.1): the box around the largest region above 15% of the map's maximum must
-overlap a ground-truth box with IoU >= 0.5.
+Pointing game (Zhang et al., ECCV 2016): a hit when the heatmap's maximum lies less than `tolerance` pixels from
+the object (strictly, as TorchRay counts it); the usual 15 px at 224 px input is scaled to the map's size by
+`pointing_tolerance`. Its accuracy is the mean over images, or TorchRay's mean of per-class accuracies
+(`class_mean`). Localization (Grad-CAM, Selvaraju et al., Sec. 4.1): the box around the largest region above 15% of
+the map's maximum must overlap a ground-truth box with IoU >= 0.5.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -25,15 +28,26 @@ def peak(heatmap: np.ndarray) -> tuple[int, int]:
 
 
 def pointing_hit(heatmap: np.ndarray, mask: np.ndarray, tolerance: float | None = None) -> bool:
-    """Whether the heatmap's maximum falls within `tolerance` px of a mask pixel (default: scaled 15 px)."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != heatmap.shape:
-        raise ValueError(f"heatmap {heatmap.shape} and mask {mask.shape} differ in shape")
-    if not mask.any():
+    """Whether the heatmap's maximum lies less than `tolerance` px from a mask pixel (default: scaled 15 px); a peak
+    exactly at the tolerance misses, as in TorchRay, and a constant (e.g. all-zero) heatmap has no peak: a miss."""
+    heat, mask = np.asarray(heatmap), np.asarray(mask, dtype=bool)
+    if mask.shape != heat.shape:
+        raise ValueError(f"heatmap {heat.shape} and mask {mask.shape} differ in shape")
+    if not mask.any() or heat.max() == heat.min():
         return False
     tolerance = pointing_tolerance(min(mask.shape)) if tolerance is None else tolerance
     distance_to_mask = ndimage.distance_transform_edt(~mask)
-    return bool(distance_to_mask[peak(heatmap)] <= tolerance)
+    return bool(distance_to_mask[peak(heat)] < tolerance)
+
+
+def class_mean(values: Sequence[float], labels: Sequence) -> float:
+    """Mean over the classes in `labels` of each class's mean of `values` (e.g. per-image pointing hits): TorchRay's
+    pointing-game accuracy, which weighs every class alike however many images it has."""
+    values, labels = np.asarray(values, dtype=np.float64), np.asarray(labels)
+    if values.shape != labels.shape or values.ndim != 1 or not len(values):
+        raise ValueError(f"need as many labels as values, at least one (got {labels.shape} and {values.shape})")
+    _, index = np.unique(labels, return_inverse=True)
+    return float(np.mean(np.bincount(index, weights=values) / np.bincount(index)))
 
 
 def energy_in_mask(heatmap: np.ndarray, mask: np.ndarray) -> float:

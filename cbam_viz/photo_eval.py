@@ -25,7 +25,7 @@ from cbam_viz.checkpoints import LoadedModel, preview_names
 from cbam_viz.data.annotations import SWAPS_AXES, Annotations, ImageAnnotation, load_annotations
 from cbam_viz.data.imagefolder import PhotoSplit, open_split, unreadable_line
 from cbam_viz.errors import CbamVizError
-from cbam_viz.evaluate import figure_rows, format_table, write_outputs
+from cbam_viz.evaluate import figure_rows, format_class_means, format_table, pointing_class_means, write_outputs
 from cbam_viz.faithfulness import ROAD_METRIC, road_cost, road_for_batch
 from cbam_viz.framing import describe, frame_boxes, frame_image, frame_mask
 from cbam_viz.images import ImageError, stored_orientation
@@ -241,6 +241,8 @@ def run_photos(args: argparse.Namespace, models: dict[str, LoadedModel]) -> int:
         result = evaluate_photos(samples, models, annotations, frame, args.batch_size, args.limit, args.input_size,
                                  args.road, args.annotation_frame)
     summary, paired, rows = compare_photos(result["images"], args.road)
+    annotated = [record for record in result["images"] if record["annotated"]]
+    class_means = pointing_class_means(annotated) if annotated else None
     names = {key: loaded.meta.display_name for key, loaded in models.items()}
     stats = result["annotations"]
     input_sizes = {key: args.input_size or loaded.meta.input_size for key, loaded in models.items()}
@@ -250,6 +252,8 @@ def run_photos(args: argparse.Namespace, models: dict[str, LoadedModel]) -> int:
         print(unreadable_line(f"{args.split} split", result["unreadable"], "left out"))
     print(annotation_line(annotations, stats, result["count"]))
     print(format_table(summary, names, paired, rows, unit="images"))
+    if class_means:
+        print(format_class_means(class_means, names))
     if args.road:
         print(road_cost(result["count"], len(models), result["road_seconds"]))
     report = {
@@ -260,6 +264,7 @@ def run_photos(args: argparse.Namespace, models: dict[str, LoadedModel]) -> int:
         "input_size": input_sizes,
         "seconds": round(time.perf_counter() - started, 1),
         "summary": summary,
+        "pointing_class_mean": class_means,
         "cbam_minus_baseline": {metric: asdict(diff) for metric, diff in paired.items()},
         "images": result["images"],
         "unreadable": result["unreadable"],

@@ -16,7 +16,7 @@ from cbam_viz.data.annotations import EXIF_TRANSPOSE, AnnotationError, ImageAnno
 from cbam_viz.errors import CbamVizError
 from cbam_viz.faithfulness import road_scores
 from cbam_viz.framing import frame_boxes, frame_geometry, frame_image, frame_mask
-from cbam_viz.metrics import box_mask
+from cbam_viz.metrics import box_mask, class_mean
 from cbam_viz.photo_eval import photo_samples
 from tests.conftest import CLASS_NAMES, random_image
 
@@ -36,14 +36,21 @@ def voc_xml(name: str, boxes: list[tuple], size: tuple[int, int] | None = (48, 4
 
 def test_voc_folder_keys_by_relative_path_and_falls_back_to_the_stem(tmp_path):
     (tmp_path / "n01").mkdir()
-    (tmp_path / "n01" / "a_1.xml").write_text(voc_xml("a_1", [("n01", 1, 2, 30, 20), ("n02", 5, 5, 9, 9)]))
-    (tmp_path / "flat_7.xml").write_text(voc_xml("flat_7", [("n02", 0, 0, 10, 10)], size=None))
+    (tmp_path / "n01" / "a_1.xml").write_text(voc_xml("a_1", [("n01", 1, 2, 30, 20), ("n02", 5, 5, 5, 9)]))
+    (tmp_path / "flat_7.xml").write_text(voc_xml("flat_7", [("n02", 1, 1, 10, 10)], size=None))
     annotations = load_annotations(boxes=tmp_path)
     assert annotations.kind == "voc"
-    found = annotations.lookup("n01/a_1")
-    assert found.boxes == (("n01", 1.0, 2.0, 30.0, 20.0), ("n02", 5.0, 5.0, 9.0, 9.0)) and found.size == (48, 40)
+    found = annotations.lookup("n01/a_1")  # VOC's 1-based inclusive indices, read as 0-based pixel edges
+    assert found.boxes == (("n01", 0.0, 1.0, 30.0, 20.0), ("n02", 4.0, 4.0, 5.0, 9.0)) and found.size == (48, 40)
     assert annotations.lookup("n02/flat_7").boxes == (("n02", 0.0, 0.0, 10.0, 10.0),)  # flat file: by stem
     assert annotations.lookup("n01/missing") is None
+
+
+def test_voc_box_from_1_to_the_size_covers_the_whole_image(tmp_path):
+    (tmp_path / "all.xml").write_text(voc_xml("all", [("cat", 1, 1, 48, 40)], size=(48, 40)))
+    annotation = load_annotations(boxes=tmp_path).lookup("all")
+    assert annotation.boxes == (("cat", 0.0, 0.0, 48.0, 40.0),)
+    assert box_mask(annotation.boxes[0][1:], (40, 48)).all()
 
 
 @pytest.mark.parametrize(
@@ -193,7 +200,7 @@ def test_eval_turns_the_box_of_an_exif_rotated_photo_with_it(tmp_path, tiny_chec
     exif[0x0112] = 6
     Image.fromarray(stored).save(folder / "turned.jpg", quality=100, exif=exif)
     (tmp_path / "boxes").mkdir()
-    (tmp_path / "boxes" / "turned.xml").write_text(voc_xml("turned", [("red square", 5, 9, 17, 30)], (48, 40)))
+    (tmp_path / "boxes" / "turned.xml").write_text(voc_xml("turned", [("red square", 6, 10, 17, 30)], (48, 40)))
     samples = photo_samples(tmp_path / "photos", "val")
     image = samples.image(0)
     assert image.size == (40, 48)
@@ -298,6 +305,7 @@ def test_eval_on_photos_end_to_end(photo_root, tiny_checkpoints, tmp_path, capsy
     assert "5 of 9 photos localized against them; 3 have no annotation, 1 no box or mask of their class" in printed
     assert "6 boxes name no class of the folder" in printed
     assert "top-1 localization" in printed and "bootstrap over images" in printed
+    assert "pointing game, mean of per-class accuracies (as TorchRay): " in printed
     report = json.loads((out / "eval.json").read_text())
     assert report["count"] == 9 and report["split"] == "val"
     assert report["annotations"]["annotated"] == 5 and report["preprocessing"]["mode"] == "center"
@@ -311,6 +319,8 @@ def test_eval_on_photos_end_to_end(photo_root, tiny_checkpoints, tmp_path, capsy
         assert summary["top1_localization"] <= min(summary["localization"], summary["top1"] * 9 / 5)
         for r in annotated:
             assert r[key]["top1_localization"] == r[key]["localization"] * r[key]["top1"]
+        per_class = class_mean([r[key]["pointing"] for r in annotated], [r["label"] for r in annotated])
+        assert report["pointing_class_mean"][key] == pytest.approx(per_class)
     for metric, diff in report["cbam_minus_baseline"].items():
         s = report["summary"]
         assert diff["difference"] == pytest.approx(s["cbam"][metric] - s["baseline"][metric])

@@ -18,6 +18,7 @@ from cbam_viz.metrics import (
     box_iou,
     box_mask,
     cam_box,
+    class_mean,
     energy_in_mask,
     localized,
     mask_boxes,
@@ -44,6 +45,35 @@ def test_pointing_game_inside_near_and_outside():
     assert not pointing_hit(peaked((120, 160)), mask)  # 20 px away
     assert not pointing_hit(peaked((20, 20)), mask)
     assert not pointing_hit(peaked((120, 120)), np.zeros((224, 224), bool))  # no object: never a hit
+
+
+def test_pointing_game_peak_at_the_tolerance_misses_as_in_torchray():
+    mask = square_mask()  # columns 100..139
+    assert pointing_hit(peaked((120, 153)), mask)  # 14 px from column 139: inside the 15 px tolerance
+    assert not pointing_hit(peaked((120, 154)), mask)  # exactly 15 px: a miss
+    assert pointing_hit(peaked((120, 154)), mask, tolerance=15.01)
+    assert not pointing_hit(peaked((144, 144)), mask, tolerance=5)  # (5, 5) from the corner: 7.1 px
+    assert not pointing_hit(peaked((120, 95)), mask, tolerance=5)  # 5 px left of column 100
+    assert pointing_hit(peaked((120, 96)), mask, tolerance=5)
+
+
+def test_constant_heatmap_points_nowhere():
+    mask = square_mask(box=(0, 0, 40, 40))  # holds pixel (0, 0), where argmax of a constant map lands
+    assert pointing_hit(peaked((0, 0)), mask)
+    assert not pointing_hit(np.zeros((224, 224)), mask)
+    assert not pointing_hit(np.full((224, 224), 0.3), mask)
+
+
+def test_class_mean_weighs_every_class_alike():
+    hits = [1, 1, 1, 0, 0, 1]
+    labels = ["cat", "cat", "cat", "cat", "dog", "dog"]
+    assert np.mean(hits) == pytest.approx(4 / 6)
+    assert class_mean(hits, labels) == pytest.approx((3 / 4 + 1 / 2) / 2)  # 0.625
+    assert class_mean([0.0, 1.0, 1.0], [2, 0, 2]) == pytest.approx((1.0 + 0.5) / 2)
+    with pytest.raises(ValueError):
+        class_mean([1.0, 0.0], ["cat"])
+    with pytest.raises(ValueError):
+        class_mean([], [])
 
 
 def test_tolerance_scales_with_size():
@@ -185,9 +215,10 @@ def stamp_eval(tmp_path: Path, *options: str, n_classes: int = 5) -> tuple[int, 
     return code, split, out
 
 
-def test_eval_command_end_to_end(tmp_path):
+def test_eval_command_end_to_end(tmp_path, capsys):
     code, split, out = stamp_eval(tmp_path, "--batch-size", "4", "--figure-rows", "3")
     assert code == 0
+    assert "pointing game, mean of per-class accuracies (as TorchRay): " in capsys.readouterr().out
     report = json.loads((out / "eval.json").read_text())
     assert report["count"] == len(split) == len(split.class_names)
     assert report["dataset_hash"] == split.pack_hash
@@ -198,6 +229,8 @@ def test_eval_command_end_to_end(tmp_path):
         assert all(0.0 <= v <= 1.0 for v in summary.values())
         # the summary is the mean of the per-scene records
         assert summary["pointing"] == pytest.approx(np.mean([s[key]["pointing"] for s in report["scenes"]]))
+        per_class = class_mean([s[key]["pointing"] for s in report["scenes"]], [s["label"] for s in report["scenes"]])
+        assert report["pointing_class_mean"][key] == pytest.approx(per_class)
     for metric, diff in report["cbam_minus_baseline"].items():
         summary = report["summary"]
         assert diff["difference"] == pytest.approx(summary["cbam"][metric] - summary["baseline"][metric])

@@ -4,7 +4,9 @@
 one `<object><name>…</name><bndbox>…</bndbox></object>` per box), a COCO instances `.json` (`bbox` = x, y, w, h;
 category names are the class names), or ImageNet's `LOC_val_solution.csv` (`ImageId,PredictionString` with
 `synset x0 y0 x1 y1` repeated). `load_annotations(masks=DIR)` reads PNG masks (non-zero = object) mirroring the
-image paths. Boxes are (class name, x0, y0, x1, y1) in the pixels of the image the annotation was made on.
+image paths. Boxes are (class name, x0, y0, x1, y1) in the pixels of the image the annotation was made on, as
+0-based pixel edges (x1, y1 end-exclusive: a box 50 px wide has x1 - x0 = 50); VOC's 1-based inclusive pixel
+indices are converted on reading (x0 = xmin - 1, x1 = xmax), COCO's x, y, w, h already are edges.
 
 Photos stored sideways with an EXIF orientation load upright (`images.load_image`), so their annotations are
 turned with them (`ImageAnnotation.upright`). Frame rule (`ORIENTATION_FRAMES`): "stored" = the annotation was
@@ -157,7 +159,8 @@ def read_voc_folder(folder: Path) -> dict[str, ImageAnnotation]:
 
 
 def read_voc(path: Path) -> ImageAnnotation:
-    """One Pascal VOC / ImageNet bbox XML file: its `<size>` and every `<object>`'s name and `<bndbox>`."""
+    """One Pascal VOC / ImageNet bbox XML file: its `<size>` and every `<object>`'s name and `<bndbox>`, the box's
+    1-based inclusive pixel indices turned into the module's 0-based edges (xmin 1, xmax W: the whole width)."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
@@ -173,8 +176,11 @@ def read_voc(path: Path) -> ImageAnnotation:
         bndbox = obj.find("bndbox")
         if not name or bndbox is None:
             raise AnnotationError(f"{path}: {where} needs a <name> and a <bndbox>")
-        coords = [_number(path, bndbox, tag, f"{where} <bndbox><{tag}>") for tag in ("xmin", "ymin", "xmax", "ymax")]
-        boxes.append(_box(path, where, name, *coords))
+        xmin, ymin, xmax, ymax = (_number(path, bndbox, tag, f"{where} <bndbox><{tag}>")
+                                  for tag in ("xmin", "ymin", "xmax", "ymax"))
+        if not (xmax >= xmin and ymax >= ymin):
+            raise AnnotationError(f"{path}: {where}: box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) has no area")
+        boxes.append((name, xmin - 1, ymin - 1, xmax, ymax))
     return ImageAnnotation(tuple(boxes), size)
 
 

@@ -24,15 +24,17 @@ from cbam_viz.fileio import atomic_dir
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """The tight box (xmin, ymin, xmax, ymax; inclusive pixel indices, as VOC writes them) of a boolean mask."""
+    """The tight box (x0, y0, x1, y1; 0-based pixel edges, x1 and y1 end-exclusive, as the annotations module keeps
+    boxes) of a boolean mask, or None for an empty mask."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return None
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 def voc_xml(filename: str, size: tuple[int, int], objects: list[tuple[str, tuple[int, int, int, int]]]) -> bytes:
-    """A Pascal VOC annotation (ImageNet's bbox format) for one image."""
+    """A Pascal VOC annotation (ImageNet's bbox format) for one image; each object's box is given as pixel edges
+    (`mask_box`) and written as VOC defines it, 1-based and inclusive (`annotations.read_voc` reads it back)."""
     root = ElementTree.Element("annotation")
     ElementTree.SubElement(root, "filename").text = filename
     el = ElementTree.SubElement(root, "size")
@@ -42,7 +44,8 @@ def voc_xml(filename: str, size: tuple[int, int], objects: list[tuple[str, tuple
         obj = ElementTree.SubElement(root, "object")
         ElementTree.SubElement(obj, "name").text = name
         bnd = ElementTree.SubElement(obj, "bndbox")
-        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
+        x0, y0, x1, y1 = box
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), (x0 + 1, y0 + 1, x1, y1)):
             ElementTree.SubElement(bnd, tag).text = str(value)
     ElementTree.indent(root)
     return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
