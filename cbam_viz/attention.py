@@ -36,6 +36,18 @@ class AttentionMaps:
         """Block names of one stage (1..4)."""
         return [name for name in self.channel if name.startswith(f"layer{stage}.")]
 
+    def activity(self) -> dict[str, dict[str, torch.Tensor]]:
+        """How image-specific each block's attention is, per image (N,): "spatial_range" (max - min of Ms; absent
+        without a spatial gate) and "channel_std" (standard deviation of Mc over channels). A block whose figures
+        are near 0 on every image applies the same weights to all of them."""
+        out = {}
+        for name, channel in self.channel.items():
+            out[name] = {"channel_std": channel.std(dim=1)}
+            if name in self.spatial:
+                ms = self.spatial[name].flatten(1)
+                out[name]["spatial_range"] = ms.amax(dim=1) - ms.amin(dim=1)
+        return out
+
     def select(self, index: int) -> AttentionMaps:
         """The maps of one image of the batch (keeps the batch dimension out)."""
         return AttentionMaps(

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from cbam_viz.attention import capture_attention
+from cbam_viz.attention import AttentionMaps, capture_attention
 from cbam_viz.cbam import CBAM, CBAMConfig
 from cbam_viz.models import ARCHS, build_model, forward_maps
 
@@ -207,6 +207,17 @@ def test_spatial_map_starts_at_half_as_in_official_init(arch, stages):
     assert [len(maps.stage(s)) for s in (1, 2, 3, 4)] == stages
     for name in maps.blocks:
         assert torch.allclose(maps.spatial[name], torch.full_like(maps.spatial[name], 0.5))
+
+
+def test_activity_is_the_per_image_spatial_range_and_channel_spread():
+    maps = AttentionMaps(
+        channel={"layer4.0": torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.0, 1.0, 0.0, 1.0]]), "layer4.1": torch.rand(2, 4)},
+        spatial={"layer4.0": torch.stack([torch.full((3, 3), 0.7), torch.linspace(0.2, 0.9, 9).view(3, 3)])},
+    )
+    activity = maps.activity()
+    torch.testing.assert_close(activity["layer4.0"]["spatial_range"], torch.tensor([0.0, 0.7]))
+    torch.testing.assert_close(activity["layer4.0"]["channel_std"], torch.tensor([0.0, (1 / 3) ** 0.5]))
+    assert set(activity["layer4.1"]) == {"channel_std"}  # no spatial gate, no spatial figure
 
 
 # The paper's Table 4 (ImageNet-1k, in millions), and the exact counts of our blocks: the channel MLP is shared by
