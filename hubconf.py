@@ -8,9 +8,9 @@ from __future__ import annotations
 # Only the entry points are public callables here: torch.hub.list shows every one.
 import typing as _typing
 
-import cbam_viz.checkpoints as _checkpoints
 import cbam_viz.errors as _errors
-import cbam_viz.models as _models
+import cbam_viz.io.checkpoints as _checkpoints
+import cbam_viz.nn.resnet as _models
 
 dependencies = ["torch", "torchvision", "safetensors"]
 

@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbam_viz.cbam import SpatialAttention  # noqa: E402
-from cbam_viz.checkpoints import load_checkpoint  # noqa: E402
 from cbam_viz.data.splits import MaterializedSplit  # noqa: E402
-from cbam_viz.evaluate import BINARY, evaluate, size_thirds  # noqa: E402
-from cbam_viz.models import STAGES  # noqa: E402
-from cbam_viz.paired import paired_differences  # noqa: E402
+from cbam_viz.eval.scenes import BINARY, evaluate, size_thirds  # noqa: E402
+from cbam_viz.eval.stats import paired_differences  # noqa: E402
+from cbam_viz.io.checkpoints import load_checkpoint  # noqa: E402
+from cbam_viz.nn.cbam import SpatialAttention  # noqa: E402
+from cbam_viz.nn.resnet import STAGES  # noqa: E402
 
 FLAT = {"flat Ms layer4": ("layer4",), "flat Ms all": STAGES}  # CBAM only: stages whose spatial gates are flat
 DROP = {"no layer4 branches": ("layer4",), "no layer3-4 branches": ("layer3", "layer4")}  # both models

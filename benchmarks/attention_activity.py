@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbam_viz.attention import capture_attention  # noqa: E402
-from cbam_viz.cam import preprocess  # noqa: E402
-from cbam_viz.checkpoints import load_checkpoint  # noqa: E402
+from cbam_viz.cam.engine import preprocess  # noqa: E402
 from cbam_viz.data.splits import MaterializedSplit  # noqa: E402
-from cbam_viz.models import STAGES  # noqa: E402
+from cbam_viz.io.checkpoints import load_checkpoint  # noqa: E402
+from cbam_viz.nn.attention import capture_attention  # noqa: E402
+from cbam_viz.nn.resnet import STAGES  # noqa: E402
 
 RULE = {"spatial_range": 0.3, "channel_std": 0.1}  # layer4, every block: median over the split at least this
 

@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbam_viz.checkpoints import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint  # noqa: E402
 from cbam_viz.data.pack import AssetPack  # noqa: E402
 from cbam_viz.data.scenes import compose_scene  # noqa: E402
 from cbam_viz.data.source import scenes_to_tensors  # noqa: E402
 from cbam_viz.data.splits import MaterializedSplit  # noqa: E402
+from cbam_viz.io.checkpoints import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint  # noqa: E402
 
 
 def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_stats: bool = False) -> float:

@@ -20,10 +20,10 @@ from torchvision.models.resnet import Bottleneck
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbam_viz.attention import capture_attention  # noqa: E402
-from cbam_viz.cam import preprocess  # noqa: E402
-from cbam_viz.checkpoints import load_checkpoint  # noqa: E402
+from cbam_viz.cam.engine import preprocess  # noqa: E402
 from cbam_viz.data.splits import MaterializedSplit  # noqa: E402
+from cbam_viz.io.checkpoints import load_checkpoint  # noqa: E402
+from cbam_viz.nn.attention import capture_attention  # noqa: E402
 
 
 def watch_branches(model: torch.nn.Module) -> dict[str, dict[str, float]]:

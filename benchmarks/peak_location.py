@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cbam_viz.evaluate import size_thirds  # noqa: E402
+from cbam_viz.eval.scenes import size_thirds  # noqa: E402
 
 RING = 1 / 7  # the outer ring of a 7x7 grid, as a fraction of the side
 NEAR = 0.25  # "near miss": peak within a quarter of the side of the object's centre

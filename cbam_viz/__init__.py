@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "build_model": "cbam_viz.models",
-    "CBAMConfig": "cbam_viz.cbam",
-    "load_checkpoint": "cbam_viz.checkpoints",
-    "load_pair": "cbam_viz.checkpoints",
-    "compare": "cbam_viz.cam",
+    "build_model": "cbam_viz.nn.resnet",
+    "CBAMConfig": "cbam_viz.nn.cbam",
+    "load_checkpoint": "cbam_viz.io.checkpoints",
+    "load_pair": "cbam_viz.io.checkpoints",
+    "compare": "cbam_viz.cam.engine",
 }
 __all__ = ["CBAMConfig", "__version__", "build_model", "compare", "load_checkpoint", "load_pair"]
 
 if TYPE_CHECKING:
-    from cbam_viz.cam import compare
-    from cbam_viz.cbam import CBAMConfig
-    from cbam_viz.checkpoints import load_checkpoint, load_pair
-    from cbam_viz.models import build_model
+    from cbam_viz.cam.engine import compare
+    from cbam_viz.io.checkpoints import load_checkpoint, load_pair
+    from cbam_viz.nn.cbam import CBAMConfig
+    from cbam_viz.nn.resnet import build_model
 
 
 def __getattr__(name: str) -> Any:

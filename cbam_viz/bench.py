@@ -14,7 +14,8 @@ figure is the median over rounds, so background load hits every variant alike. R
     export throughput (real files in a temp dir) / bare batched forwards ...... goal >= 0.85
     CBAM-ResNet50 forward / ResNet50 forward at batch 1 ....................... goal <= 1.15
 
-Without checkpoints (none given, no bundled ones found: see cbam_viz.weights) both get random ImageNet-shaped weights.
+Without checkpoints (none given, no bundled ones found: see cbam_viz.io.weights) both get random ImageNet-shaped
+weights.
 """
 
 from __future__ import annotations
@@ -37,15 +38,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cbam_viz.cam import compare, preprocess, run_models
-from cbam_viz.checkpoints import LoadedModel, ModelMeta, load_checkpoint
+from cbam_viz.cam.engine import compare, preprocess, run_models
 from cbam_viz.cli import standalone
 from cbam_viz.devices import resolve_device
 from cbam_viz.errors import CbamVizError
-from cbam_viz.export import ExportModel, Settings, discover, export
-from cbam_viz.familiarity import DEFAULT_K, DEFAULT_TRAIN_IMAGES, Familiarity, FamiliarityScore, Maps
-from cbam_viz.models import build_model
-from cbam_viz.weights import BUNDLED
+from cbam_viz.export.batch import ExportModel, Settings, discover, export
+from cbam_viz.familiarity.detectors import DEFAULT_K, DEFAULT_TRAIN_IMAGES, Familiarity, FamiliarityScore, Maps
+from cbam_viz.io.checkpoints import LoadedModel, ModelMeta, load_checkpoint
+from cbam_viz.io.weights import BUNDLED
+from cbam_viz.nn.resnet import build_model
 
 GOALS = {  # figure -> (comparison, bound)
     "compare_ratio": ("<=", 1.15),
@@ -416,11 +417,10 @@ def run(args: argparse.Namespace) -> int:
         raise CbamVizError("--size must be at least 32 pixels")
     if args.repeats < 1 or args.batch < 1 or (args.images is not None and args.images < 1):
         raise CbamVizError("--repeats, --batch and --images must be at least 1")
-    try:
-        w, h = (int(v) for v in args.image_size.lower().split("x"))
-        assert w > 0 and h > 0
-    except (ValueError, AssertionError):
-        raise CbamVizError(f"--image-size must look like 500x375, not {args.image_size!r}") from None
+    size = args.image_size.lower().split("x")
+    if len(size) != 2 or not all(v.isdigit() and int(v) > 0 for v in size):
+        raise CbamVizError(f"--image-size must look like 500x375, not {args.image_size!r}")
+    w, h = (int(v) for v in size)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -13,21 +13,22 @@ from cbam_viz.errors import CbamVizError
 # subcommand -> (module, one-line help). Modules are imported lazily so `--help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
     "app": ("cbam_viz.app.launch", "serve the page that compares the two models, its HTTP API and MCP tools"),
-    "export": ("cbam_viz.export", "export Grad-CAM heatmaps of both models for files, folders or globs"),
-    "merge": ("cbam_viz.export_merge", "join the manifests of sharded export runs into one"),
+    "export": ("cbam_viz.export.batch", "export Grad-CAM heatmaps of both models for files, folders or globs"),
+    "merge": ("cbam_viz.export.merge", "join the manifests of sharded export runs into one"),
     "bench": ("cbam_viz.bench", "measure compare/CAM/export speed against bare forward passes"),
     "data": ("cbam_viz.data.build", "build the stamp-scenes asset pack and its splits, or write them as an ImageFolder"),
     "train": ("cbam_viz.train", "train a ResNet or CBAM-ResNet on stamp scenes or photos (ImageFolder, ImageNet)"),
     "train-pair": ("cbam_viz.train.pair", "train ResNet50 and CBAM-ResNet50 by the published recipe, resumably"),
-    "eval": ("cbam_viz.evaluate", "accuracy and Grad-CAM localization of checkpoints on stamp scenes or photos"),
-    "familiarity": ("cbam_viz.familiarity_cli", "fit a checkpoint's familiarity detector, or measure every detector"),
+    "eval": ("cbam_viz.eval.cli", "accuracy and Grad-CAM localization of checkpoints on stamp scenes or photos"),
+    "familiarity": ("cbam_viz.familiarity.cli", "fit a checkpoint's familiarity detector, or measure every detector"),
 }
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only `command`'s module is imported to fill in its options (keeps startup fast)."""
     parser = argparse.ArgumentParser(
-        prog="cbam-viz" if Path(sys.argv[0]).name == "cbam-viz" else "python -m cbam_viz", description="CBAM Grad-CAM Studio: export heatmaps, benchmark, build data, train, evaluate."
+        prog="cbam-viz" if Path(sys.argv[0]).name == "cbam-viz" else "python -m cbam_viz",
+        description="CBAM Grad-CAM Studio: serve the app, export heatmaps, benchmark, build data, train, evaluate.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():

@@ -2,7 +2,7 @@
 
 `write_corpus(folder)` writes one file per kind and returns `Entry`s saying what each must give: `error` is a
 substring of the one-line message it must be refused with, or None for a file that decodes; then
-`reference(entry)` is the RGB image a viewer displays for it, built independently of `cbam_viz.images` where the
+`reference(entry)` is the RGB image a viewer displays for it, built independently of `cbam_viz.io.images` where the
 kind is about the decoding itself (EXIF rotation, transparency, first frame, first page), so the API's, the
 page's and the export's answers can be checked against `compare(reference)`.
 
@@ -285,7 +285,7 @@ def reference(entry: Entry) -> Image.Image:
     assert entry.ok, entry.kind
     if entry.expect is not None:
         return entry.expect(entry.path)
-    from cbam_viz.images import load_image
+    from cbam_viz.io.images import load_image
 
     return load_image(entry.path)
 

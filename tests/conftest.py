@@ -9,13 +9,20 @@ import pytest
 import torch
 from PIL import Image
 
-from cbam_viz.cbam import CBAMConfig
-from cbam_viz.checkpoints import LoadedModel, ModelMeta, load_checkpoint, load_pair, save_checkpoint, store_familiarity
 from cbam_viz.data.pack import AssetPack
 from cbam_viz.data.splits import materialize_split
 from cbam_viz.data.synthetic import make_synthetic_pack
-from cbam_viz.familiarity import Familiarity, fit_tensors
-from cbam_viz.models import build_model
+from cbam_viz.familiarity.detectors import Familiarity, fit_tensors
+from cbam_viz.io.checkpoints import (
+    LoadedModel,
+    ModelMeta,
+    load_checkpoint,
+    load_pair,
+    save_checkpoint,
+    store_familiarity,
+)
+from cbam_viz.nn.cbam import CBAMConfig
+from cbam_viz.nn.resnet import build_model
 
 CLASS_NAMES = ["red square", "green disc", "blue bar", "yellow ring", "white star"]
 INPUT_SIZE = 64
@@ -83,7 +90,7 @@ def attach_knn_detector(
 ) -> Path:
     """Store a knn detector (k=1) in the checkpoint whose bank is the features of `familiar` (distance 0 to
     them); the threshold is given, or half the distance of `unfamiliar`, which then is unfamiliar."""
-    from cbam_viz.familiarity_cli import extract
+    from cbam_viz.familiarity.cli import extract
 
     loaded = load_checkpoint(path)
     pooled = extract({"m": loaded}, familiar, len(familiar))["m"].pooled

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cbam_viz.allocator import IdleTrim
+from cbam_viz.app.allocator import IdleTrim
 
 
 def anonymous_mb() -> float:

@@ -18,28 +18,28 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from cbam_viz.cam import compare
-from cbam_viz.errors import CbamVizError
-from cbam_viz.figures import channel_attention_figure, paper_figure
-from cbam_viz.images import ImageError
-from cbam_viz.metrics import box_mask, energy_in_mask, pointing_hit
 from cbam_viz.app import served as served_files
 from cbam_viz.app import server as app_server
 from cbam_viz.app import studio as studio_module
-from cbam_viz.app.cache import LRU
 from cbam_viz.app.controls import normalise_target, parse_box
 from cbam_viz.app.figure_export import ExportFolder
 from cbam_viz.app.server import StudioBlocks, user_errors
 from cbam_viz.app.studio import Studio
 from cbam_viz.app.views import attention_overlay, scores_json
-from cbam_viz.cbam import CBAMConfig
-from cbam_viz.checkpoints import load_pair
+from cbam_viz.cam.engine import compare
+from cbam_viz.cam.figures import channel_attention_figure, paper_figure
+from cbam_viz.errors import CbamVizError
+from cbam_viz.eval.metrics import box_mask, energy_in_mask, pointing_hit
+from cbam_viz.io.checkpoints import load_pair
+from cbam_viz.io.images import ImageError
+from cbam_viz.lru import LRU
+from cbam_viz.nn.cbam import CBAMConfig
 from tests.apphelpers import ROOT, app, free_port, serve
 from tests.conftest import CLASS_NAMES, make_checkpoint, random_image
 
 EXAMPLE = ROOT / "examples" / "green_disc.png"
 
-# The README's client example (the lead copies it verbatim; test_readme_snippet also runs README.md's copy).
+# The HTTP API's client example (docs/app.md; test_readme_snippet also runs the documented copy).
 README_SNIPPET = '''
 from gradio_client import Client, handle_file
 
@@ -400,10 +400,10 @@ def test_readme_snippet(server):
     output = run_snippet(README_SNIPPET, server.url)
     assert re.search(r"^ResNet50 \S.* P=0\.\d{3} \{'pointing_hit'", output, re.MULTILINE), output
     assert re.search(r"^CBAM-ResNet50 \S.* P=0\.\d{3} ", output, re.MULTILINE), output
-    readme = ROOT / "README.md"
-    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S) if readme.exists() else []
-    for block in (b for b in blocks if 'api_name="/compare"' in b):
-        assert "P=" in run_snippet(block, server.url)  # README.md's own copy runs too, once it is there
+    docs = (ROOT / "docs" / "app.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", docs, re.S) if 'api_name="/compare"' in b]
+    assert len(blocks) == 1
+    assert "P=" in run_snippet(blocks[0], server.url)  # the documented copy runs too
 
 
 # ---------------------------------------------------------------------------------------------- the logic
@@ -525,7 +525,7 @@ def test_lru_runs_each_key_once_under_concurrency():
 def test_nbytes_counts_what_a_cache_entry_holds(tiny_models):
     import torch
 
-    from cbam_viz.app.cache import nbytes
+    from cbam_viz.lru import nbytes
 
     whole = torch.zeros(4, 8, dtype=torch.float32)
     array = np.zeros((10, 10), np.float32)
@@ -588,7 +588,7 @@ def test_paper_figure_and_channel_plot(tiny_models, tmp_path):
 
 
 def test_a_very_long_figure_title_is_wrapped_and_clipped_inside_the_figure(tiny_models):
-    from cbam_viz.figures import TITLE_CHARS, TITLE_LINES, paper_figure_image, title_lines
+    from cbam_viz.cam.figures import TITLE_CHARS, TITLE_LINES, paper_figure_image, title_lines
 
     c = compare(random_image(3, (80, 60)), tiny_models)
     row = (c.image, c.results["baseline"], c.results["cbam"])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbam_viz.images import load_image
+from cbam_viz.io.images import load_image
 from tests.apphelpers import app_process
 from tests.conftest import CLASS_NAMES, attach_knn_detector
 

@@ -10,8 +10,9 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from cbam_viz.cam import METHODS, compare, preprocess, run_models
+from cbam_viz.cam.engine import METHODS, SLOW_METHODS, compare, preprocess, run_models
 from cbam_viz.errors import CbamVizError
+from cbam_viz.nn.resnet import build_model
 from tests.conftest import CLASS_NAMES, INPUT_SIZE, random_image
 
 
@@ -96,7 +97,7 @@ def test_every_method_through_grad_cam(tiny_models, method, layer):
 
 def test_layer4_gradcam_package_path_agrees_with_fast_path(tiny_models):
     """Grad-CAM on layer4 through grad-cam (forced by asking layer4 via the package) matches the fast path."""
-    from cbam_viz.cam import package_cam
+    from cbam_viz.cam.engine import package_cam
 
     image = random_image(4, (INPUT_SIZE, INPUT_SIZE))
     fast = compare(image, tiny_models, target=[0, 3]).results["baseline"]
@@ -130,7 +131,7 @@ def test_concurrent_compare_gives_each_request_its_own_result(tiny_models):
 
 def test_grad_cam_recorder_ignores_other_threads_forwards(tiny_models):
     """A forward run by another thread while a grad-cam pass holds hooks must not enter that pass's activations."""
-    from cbam_viz.cam import OwnThreadActivations
+    from cbam_viz.cam.engine import OwnThreadActivations
 
     loaded = tiny_models["baseline"]
     x = preprocess([random_image(9, (INPUT_SIZE, INPUT_SIZE))], loaded.meta)
@@ -151,7 +152,7 @@ def test_scorecam_does_not_keep_the_gradient_methods_off_its_model(tiny_models, 
     give what they give alone."""
     from pytorch_grad_cam import ScoreCAM
 
-    from cbam_viz.cam import package_cam
+    from cbam_viz.cam.engine import package_cam
 
     loaded = tiny_models["cbam"]
     x = preprocess([random_image(10, (INPUT_SIZE, INPUT_SIZE))], loaded.meta)
@@ -176,3 +177,13 @@ def test_scorecam_does_not_keep_the_gradient_methods_off_its_model(tiny_models, 
         slow.join(120)
     for method, expected in alone.items():
         np.testing.assert_allclose(out[method], expected, atol=1e-5)
+
+
+def test_each_method_record_matches_what_grad_cam_does():
+    model = build_model("resnet18", 3).eval()
+    for name, method in METHODS.items():
+        with method.cam_class(model=model, target_layers=[model.layer4]) as cam:
+            assert method.gradients == cam.uses_gradients, name
+    assert SLOW_METHODS == ("scorecam",)
+    assert METHODS["scorecam"].choice == "ScoreCAM (slow: one forward pass per channel)"
+    assert METHODS["gradcam"].choice == METHODS["gradcam"].label == "Grad-CAM"

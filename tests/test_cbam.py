@@ -9,9 +9,9 @@ import pytest
 import torch
 import torchvision
 
-from cbam_viz.attention import AttentionMaps, capture_attention
-from cbam_viz.cbam import CBAM, CBAMConfig
-from cbam_viz.models import ARCHS, build_model, forward_maps
+from cbam_viz.nn.attention import AttentionMaps, capture_attention
+from cbam_viz.nn.cbam import CBAM, CBAMConfig
+from cbam_viz.nn.resnet import ARCHS, build_model, forward_maps
 
 
 def sigmoid(v: float) -> float:

@@ -12,17 +12,17 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from cbam_viz.cbam import CBAMConfig
-from cbam_viz.checkpoints import (
+from cbam_viz.app.views import model_info_markdown
+from cbam_viz.io.checkpoints import (
     CheckpointError,
     ModelMeta,
     _read_raw,
     load_checkpoint,
     save_checkpoint,
 )
-from cbam_viz.models import ARCHS, DEPTHS, build_model
-from cbam_viz.weights import BUNDLED
-from cbam_viz.app.views import model_info_markdown
+from cbam_viz.io.weights import BUNDLED
+from cbam_viz.nn.cbam import CBAMConfig
+from cbam_viz.nn.resnet import ARCHS, DEPTHS, build_model
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 X_SMALL = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -30,19 +30,21 @@ from cbam_viz.data.backgrounds import (
 from cbam_viz.data.debian import DEBIAN_PACKAGES, fetch_debian_assets
 from cbam_viz.data.pack import SPLITS, AssetPack
 from cbam_viz.data.scenes import (
+    _SCALED,
     MAX_ROTATION,
     MIN_TARGET_VISIBLE,
+    SCALED_CACHE_BYTES,
     TARGET_SCALE,
     SceneDataset,
     _jitter,
-    _ScaledCache,
+    _resized,
     compose_scene,
 )
 from cbam_viz.data.splits import MaterializedSplit, materialize_split
 from cbam_viz.data.stamps import FLAT_MAX, FLAT_PHOTO, STAMPS_SUBDIR, class_name_from_description, photo_statistics
 from cbam_viz.data.synthetic import make_synthetic_pack
 from cbam_viz.errors import CbamVizError
-from cbam_viz.fileio import atomic_dir
+from cbam_viz.io.fileio import atomic_dir
 
 RED = (255, 0, 0)
 N_CLASSES = 4
@@ -122,20 +124,15 @@ def test_scene_jitter_equals_its_plain_definition_bit_for_bit():
         np.testing.assert_array_equal(np.asarray(_jitter(image, b, c, s)), textbook_jitter(image, b, c, s))
 
 
-def test_resized_stamps_are_reused_within_a_byte_budget():
+def test_resized_stamps_are_reused_unless_their_id_came_back_on_another_image():
     rng = np.random.default_rng(2)
     src, other = (Image.fromarray(rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), "RGBA") for _ in range(2))
-    cache = _ScaledCache(budget=3 * 20 * 16 * 4)
-    first = cache.resized(src, (20, 16), None)
-    assert cache.resized(src, (20, 16), None) is first
+    first = _resized(src, (20, 16), None)
+    assert _resized(src, (20, 16), None) is first
     np.testing.assert_array_equal(np.asarray(first), np.asarray(src.resize((20, 16), Image.Resampling.BILINEAR)))
-    for width in range(20, 10, -1):
-        cache.resized(src, (width, 16), 2.0)
-    assert 0 < cache.used <= cache.budget
-    assert cache.used == sum(im.width * im.height * 4 for _, im in cache.entries.values())
-    cache.entries[(id(other), (20, 16), None)] = (src, first)  # an id reused by another image
-    cache.used += 20 * 16 * 4
-    np.testing.assert_array_equal(np.asarray(cache.resized(other, (20, 16), None)),
+    assert _SCALED.budget == SCALED_CACHE_BYTES and 0 < _SCALED.weight <= SCALED_CACHE_BYTES
+    _SCALED.put((id(other), (20, 16), None), (src, first))  # an id reused by another image
+    np.testing.assert_array_equal(np.asarray(_resized(other, (20, 16), None)),
                                   np.asarray(other.resize((20, 16), Image.Resampling.BILINEAR)))
 
 

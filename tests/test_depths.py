@@ -10,15 +10,15 @@ import pytest
 import torch
 from conftest import make_checkpoint, random_image
 
-from cbam_viz.cbam import CBAMConfig
-from cbam_viz.checkpoints import ModelMeta, load_pair, save_checkpoint
+from cbam_viz.app.studio import Studio
+from cbam_viz.app.views import attention_overlay, model_info_markdown
 from cbam_viz.cli import main
 from cbam_viz.data.pack import AssetPack
 from cbam_viz.data.splits import MaterializedSplit, materialize_split
 from cbam_viz.data.synthetic import make_synthetic_pack
-from cbam_viz.models import build_model
-from cbam_viz.app.studio import Studio
-from cbam_viz.app.views import attention_overlay, model_info_markdown
+from cbam_viz.io.checkpoints import ModelMeta, load_pair, save_checkpoint
+from cbam_viz.nn.cbam import CBAMConfig
+from cbam_viz.nn.resnet import build_model
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,7 @@ def test_dockerignore_keeps_the_context_small():
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    kept = ["app.py", "requirements.txt", "cbam_viz/cam.py", "cbam_viz/app/studio.py", "examples/green_disc.png",
+    kept = ["app.py", "requirements.txt", "cbam_viz/cam/engine.py", "cbam_viz/app/studio.py", "examples/green_disc.png",
             "examples/green_disc.mask.png", "weights/resnet50_baseline.safetensors",
             "weights/resnet50_cbam.safetensors"]
     dropped = [".venv/bin/python", "data/pack/manifest.json", "runs/eval/eval.json", "tests/test_app.py",
@@ -395,8 +395,8 @@ def test_the_built_image_serves_compare_as_a_non_root_user(docker, tmp_path, cap
     from gradio_client.exceptions import AppError
     from PIL import Image
 
-    from cbam_viz.cam import compare
-    from cbam_viz.checkpoints import load_pair
+    from cbam_viz.cam.engine import compare
+    from cbam_viz.io.checkpoints import load_pair
 
     base = base_image(docker, tmp_path)
     index, pip_url = torch_index(), pip_index()

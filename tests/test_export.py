@@ -16,10 +16,11 @@ import pytest
 from conftest import random_image
 from PIL import Image
 
-from cbam_viz import export, export_merge
-from cbam_viz.cam import compare, fit_within
+from cbam_viz.cam.engine import compare, fit_within
 from cbam_viz.cli import COMMANDS
-from cbam_viz.images import load_image
+from cbam_viz.export import batch as export
+from cbam_viz.export import merge as export_merge
+from cbam_viz.io.images import load_image
 
 ROOT = Path(__file__).resolve().parent.parent
 # The real dispatcher once every subcommand module exists; until then the export/merge modules' own entry points,
@@ -327,7 +328,7 @@ def test_kill_9_mid_run_then_rerun_exports_every_image_exactly_once(tmp_path, ti
     src = tmp_path / "in"
     make_images(src, [f"{i:02d}.jpg" for i in range(20)], size=(96, 64))
     out = tmp_path / "out"
-    entry = ["-m", "cbam_viz", "export"] if CLI_READY else ["-m", "cbam_viz.export"]
+    entry = ["-m", "cbam_viz", "export"] if CLI_READY else ["-m", "cbam_viz.export.batch"]
     argv = [str(src), "--out", str(out), "--batch-size", "1", "--workers", "1", *weights(tiny_checkpoints)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, *entry, *argv], cwd=ROOT, env=env, stderr=subprocess.PIPE)
@@ -362,7 +363,7 @@ def test_kill_9_mid_run_then_rerun_exports_every_image_exactly_once(tmp_path, ti
 
 
 def test_csv_cells_never_start_a_formula():
-    from cbam_viz.export_merge import csv_cell
+    from cbam_viz.export.merge import csv_cell
 
     assert csv_cell("=1+2.png is not an image") == "'=1+2.png is not an image"
     assert csv_cell("@SUM(A1)") == "'@SUM(A1)" and csv_cell("-rf.png") == "'-rf.png"
@@ -373,7 +374,7 @@ def test_csv_cells_never_start_a_formula():
 def test_disk_full_or_read_only_output(tmp_path, tiny_checkpoints, tiny_models, monkeypatch, capsys, code, words):
     """A write failure midway: exit 2 with a clear message, finished images intact, nothing half-written; a rerun
     completes the rest."""
-    import cbam_viz.fileio as fileio
+    import cbam_viz.io.fileio as fileio
 
     src = tmp_path / "in"
     make_images(src, [f"{i}.png" for i in range(4)])

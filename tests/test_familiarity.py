@@ -14,15 +14,19 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from sklearn.covariance import ledoit_wolf
 
+from cbam_viz.app.studio import Studio
+from cbam_viz.app.views import familiarity_banner, knowledge_markdown, model_info_markdown, scores_json
+from cbam_viz.cam.engine import compare
+from cbam_viz.cli import main as cli_main
 from cbam_viz.data.pack import AssetPack
+from cbam_viz.data.rcc import read_rcc
 from cbam_viz.data.scenes import compose_unknown_scene
 from cbam_viz.data.splits import MaterializedSplit, materialize_split
 from cbam_viz.data.synthetic import make_synthetic_pack
-from cbam_viz.cam import compare
-from cbam_viz.checkpoints import CheckpointError, FamiliarityWarning, load_checkpoint, store_familiarity
-from cbam_viz.cli import main as cli_main
-from cbam_viz.familiarity import (
+from cbam_viz.familiarity.cli import extract
+from cbam_viz.familiarity.detectors import (
     BANK_CELLS,
     NEAREST,
     PATCH_WEIGHT,
@@ -35,15 +39,11 @@ from cbam_viz.familiarity import (
     evidence_patches,
     fit_tensors,
     fpr_at_tpr,
-    ledoit_wolf,
     pooling_matrix,
     principal_projection,
     threshold_at,
 )
-from cbam_viz.familiarity_cli import extract
-from cbam_viz.rcc import read_rcc
-from cbam_viz.app.studio import Studio
-from cbam_viz.app.views import familiarity_banner, knowledge_markdown, model_info_markdown, scores_json
+from cbam_viz.io.checkpoints import CheckpointError, FamiliarityWarning, load_checkpoint, store_familiarity
 from tests.conftest import CLASS_NAMES, attach_knn_detector, make_checkpoint, random_image
 
 RNG = np.random.default_rng(0)
@@ -59,17 +59,31 @@ def test_mahalanobis_matches_the_textbook_formula():
     x, labels, _ = clusters()
     tensors = fit_tensors("mahalanobis", x, labels, 3)
     means = np.stack([x[labels == c].mean(0) for c in range(3)])
-    precision = np.linalg.inv(ledoit_wolf(x - means[labels]))
+    precision = np.linalg.inv(ledoit_wolf(x - means[labels], assume_centered=True)[0])
     query = RNG.normal(5, 2, (7, x.shape[1]))
     expected = np.sqrt(np.min([np.einsum("nk,kl,nl->n", query - m, precision, query - m) for m in means], axis=0))
     got = detector_scores("mahalanobis", tensors, torch.from_numpy(query).float())
     np.testing.assert_allclose(got, expected, rtol=2e-3)
 
 
-def test_ledoit_wolf_is_the_sample_covariance_when_samples_abound():
-    x = RNG.normal(0, [1.0, 2.0, 3.0], (20000, 3))
-    cov = ledoit_wolf(x - x.mean(0))
-    np.testing.assert_allclose(np.diag(cov), [1, 4, 9], rtol=0.05)
+def textbook_ledoit_wolf(centred: np.ndarray) -> np.ndarray:
+    """Ledoit and Wolf (2004), written out: the shrinkage towards mu * I of the empirical covariance."""
+    n, k = centred.shape
+    emp = centred.T @ centred / n
+    mu = np.trace(emp) / k
+    delta = ((emp - mu * np.eye(k)) ** 2).sum() / k
+    beta = min(((centred**2).T @ centred**2).sum() / n - (emp**2).sum(), k * n * delta) / (k * n)
+    shrink = beta / delta
+    return (1 - shrink) * emp + shrink * mu * np.eye(k)
+
+
+@pytest.mark.parametrize("n", [12, 40, 20000])
+def test_scikit_learns_ledoit_wolf_is_the_textbook_one(n):
+    x = RNG.normal(0, [1.0, 2.0, 3.0, 0.5, 1.5, 1.0], (n, 6))
+    centred = x - x.mean(0)
+    np.testing.assert_allclose(ledoit_wolf(centred, assume_centered=True)[0], textbook_ledoit_wolf(centred), rtol=1e-10)
+    if n == 20000:  # samples abound: the sample covariance
+        np.testing.assert_allclose(np.diag(textbook_ledoit_wolf(centred))[:3], [1, 4, 9], rtol=0.05)
 
 
 def test_knn_is_the_distance_to_the_kth_normalised_neighbour():
@@ -441,7 +455,7 @@ def test_export_manifest_has_the_familiarity_columns(familiar_pair, tiny_checkpo
 
 
 def test_eval_reports_the_score_distribution(familiar_pair):
-    from cbam_viz.evaluate import familiarity_distribution, format_familiarity
+    from cbam_viz.eval.scenes import familiarity_distribution, format_familiarity
 
     scenes = [{"baseline": {"familiarity": s}, "cbam": {"familiarity": 2 * s}} for s in np.linspace(0, 1, 21)]
     models = dict(familiar_pair)

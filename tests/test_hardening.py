@@ -28,14 +28,14 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from benchmarks.load import compare_answer, expected_answer
-from cbam_viz.cam import fit_within
-from cbam_viz.export import IMAGE_SUFFIXES
 from cbam_viz.app.figure_export import ExportFolder
 from cbam_viz.app.studio import Studio
+from cbam_viz.cam.engine import fit_within
+from cbam_viz.export.batch import IMAGE_SUFFIXES
 from tests import badfiles
 from tests.apphelpers import ROOT, app, app_process, free_port, serve
 from tests.conftest import random_image
+from tests.loadharness import compare_answer, expected_answer
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -20,11 +20,11 @@ from torchvision.models import ResNet50_Weights
 from torchvision.transforms.v2 import functional as TF
 
 from cbam_viz import train as tr
-from cbam_viz.checkpoints import load_checkpoint
 from cbam_viz.data import imagefolder as photos
 from cbam_viz.data.source import DataError, open_data
 from cbam_viz.data.transforms import eval_transform
 from cbam_viz.errors import CbamVizError
+from cbam_viz.io.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

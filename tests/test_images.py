@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
+from cbam_viz.cam.render import colorize, overlay
 from cbam_viz.errors import CbamVizError
-from cbam_viz.images import MAX_FILE_BYTES, MAX_PIXELS, ImageError, load_image
-from cbam_viz.render import colorize, overlay
+from cbam_viz.io.images import MAX_FILE_BYTES, MAX_PIXELS, ImageError, load_image
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 
@@ -495,7 +495,7 @@ def test_opacity_0_gives_the_image_unchanged_and_1_the_colormap():
 def test_overlay_keeps_grad_cams_colours_and_resizes_the_heatmap():
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    from cbam_viz.render import colormap_lut
+    from cbam_viz.cam.render import colormap_lut
 
     heat = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     for name in ("jet", "inferno", "coolwarm"):

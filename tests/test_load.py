@@ -1,6 +1,6 @@
 """Many users at once and a long run, at reduced counts (`python benchmarks/load.py` runs the full 8×25 and 500).
 
-The app runs as `app.main()` in a child process (benchmarks.load.start_app), which reports its RSS, open files,
+The app runs as `app.main()` in a child process (tests.loadharness.start_app), which reports its RSS, open files,
 threads and the hooks on every module of both models. Every concurrent answer (and every 4th of the soak) is
 checked against the same request computed locally, so a result mixed up between requests fails the test as surely
 as an error does.
@@ -16,11 +16,11 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from benchmarks import load
-from cbam_viz.cam import compare
 from cbam_viz.app.figure_export import ExportFolder
 from cbam_viz.app.served import cache_schedule
 from cbam_viz.app.studio import Studio
+from cbam_viz.cam.engine import compare
+from tests import loadharness as load
 from tests.apphelpers import serve
 from tests.conftest import random_image
 
@@ -49,8 +49,8 @@ def running(tiny_checkpoints, jobs, tmp_path_factory):
         threads=1,  # a shared 2-core machine: one PyTorch thread per request is several times faster here
         # A fixed glibc mmap threshold makes RSS follow live memory. By default glibc raises the threshold after
         # the first large free and then keeps freed tensor memory in its heaps, so RSS ratchets up for a few dozen
-        # requests before it levels off (measured: +200 MB by request ~40, flat for the next 260): longer than this
-        # 60-request soak. A leak of ours still shows; `python benchmarks/load.py` measures glibc's default.
+        # requests before it levels off: longer than this 60-request soak. A leak of ours still shows;
+        # `python benchmarks/load.py` measures glibc's default.
         env={"MALLOC_MMAP_THRESHOLD_": "131072", "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio"))},
         cache_seconds=CACHE_SECONDS,  # short, so that the soak sees uploads and overlays pruned
         wait=False,
@@ -84,7 +84,8 @@ def test_identical_requests_never_get_an_empty_or_short_overlay(running, tmp_pat
 
 
 def test_a_scorecam_request_holds_one_worker_and_a_second_is_refused(running, jobs, tmp_path):
-    """One ScoreCAM request took 497 s in one of the two /compare workers, and two of them blocked every user."""
+    """A ScoreCAM request takes minutes: it must hold one worker only, and a second one is refused, so that
+    ScoreCAM never blocks every user."""
     path = tmp_path / "slow.png"
     random_image(11, (80, 60)).save(path)
     # requests on the exact fast path, which needs no model lock (a grad-cam method waits for ScoreCAM's lock)

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbam_viz.cam import run_models
+from cbam_viz.cam.engine import run_models
 from cbam_viz.cli import main
 from cbam_viz.data.annotations import EXIF_TRANSPOSE, AnnotationError, ImageAnnotation, load_annotations
 from cbam_viz.errors import CbamVizError
-from cbam_viz.faithfulness import road_scores
-from cbam_viz.framing import frame_boxes, frame_geometry, frame_image, frame_mask
-from cbam_viz.metrics import box_mask, class_mean
-from cbam_viz.photo_eval import photo_samples
+from cbam_viz.eval.faithfulness import road_scores
+from cbam_viz.eval.framing import frame_boxes, frame_geometry, frame_image, frame_mask
+from cbam_viz.eval.metrics import box_mask, class_mean
+from cbam_viz.eval.photos import photo_samples
 from tests.conftest import CLASS_NAMES, random_image
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from cbam_viz.cam import compare
+from cbam_viz.cam.engine import compare
 from tests.apphelpers import ROOT, app, app_process
 
 mcp = pytest.importorskip("mcp", reason="the mcp package is missing: pip install -r requirements-test.txt")

@@ -12,8 +12,7 @@ from cbam_viz.cli import main
 from cbam_viz.data.pack import AssetPack
 from cbam_viz.data.splits import MaterializedSplit, materialize_split
 from cbam_viz.data.synthetic import make_synthetic_pack
-from cbam_viz.evaluate import METRICS, by_object_size, format_size_table, format_table, scene_scores
-from cbam_viz.metrics import (
+from cbam_viz.eval.metrics import (
     agreement,
     box_iou,
     box_mask,
@@ -25,7 +24,8 @@ from cbam_viz.metrics import (
     pointing_hit,
     pointing_tolerance,
 )
-from cbam_viz.paired import PairedDifference
+from cbam_viz.eval.scenes import METRICS, by_object_size, format_size_table, format_table, scene_scores
+from cbam_viz.eval.stats import PairedDifference
 from tests.conftest import make_checkpoint
 
 
@@ -172,7 +172,7 @@ def test_table_shows_the_paired_difference_and_mcnemar():
     paired = {m: PairedDifference(-0.025, -0.035, -0.015) for m in names}
     paired["pointing"] = PairedDifference(-0.025, -0.035, -0.015, only_baseline=184, only_cbam=104, p_value=2.8e-6)
     paired["top1"] = PairedDifference(-0.025, -0.035, -0.015, only_baseline=23, only_cbam=16, p_value=0.3368)
-    lines = format_table(summary, {"baseline": "ResNet50", "cbam": "CBAM"}, paired).splitlines()
+    lines = format_table(summary, {"baseline": "ResNet50", "cbam": "CBAM"}, paired, METRICS).splitlines()
     row = {line[:32].strip(): line[32:] for line in lines}
     assert row["pointing game (true class)"].split() == [
         "80.0%", "77.5%", "-2.5", "[", "-3.5,", "-1.5]", "3e-06", "(184", "/", "104)"

@@ -3,6 +3,7 @@ the README's library snippet, and the PyTorch Hub entry points."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -30,6 +31,46 @@ def test_declared_dependencies_are_the_tested_pins_as_lower_bounds():
             name, version = line.split("#")[0].strip().split("==")
             pins[name] = version
     assert lower == pins
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each cbam_viz module's imports of other cbam_viz modules, at any depth of the file (lazy imports too)."""
+    modules = {}
+    for path in (ROOT / "cbam_viz").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    graph, state, cycles = import_graph(), {}, []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append(path[path.index(target) :] + [target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert len(graph) > 60 and cycles == []
+    # the core never reaches up to the app or a command
+    for core in ("cbam_viz.nn.cbam", "cbam_viz.nn.resnet", "cbam_viz.io.checkpoints", "cbam_viz.cam.engine"):
+        assert not {t for t in graph[core] if t.startswith(("cbam_viz.app", "cbam_viz.cli", "cbam_viz.train"))}
 
 
 def test_the_public_api_and_a_fast_import():
@@ -69,7 +110,8 @@ def installed(tmp_path_factory) -> Path:
     )
     wheel = next(tmp.glob("cbam_viz-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "cbam_viz/unfamiliar_photos.json" in names and not any(n.startswith(("tests/", "weights/")) for n in names)
+    assert "cbam_viz/familiarity/unfamiliar_photos.json" in names
+    assert not any(n.startswith(("tests/", "weights/")) for n in names)
     target = tmp / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

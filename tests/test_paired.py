@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbam_viz.paired import mcnemar_exact, paired_differences
+from cbam_viz.eval.stats import mcnemar_exact, paired_differences
 
 
 def records(baseline: list[float], cbam: list[float], metric: str = "top1") -> list[dict]:

@@ -16,7 +16,7 @@ from cbam_viz.data.annotations import read_voc
 from cbam_viz.data.imagefolder import open_split
 from cbam_viz.data.splits import MaterializedSplit
 from cbam_viz.data.stamp_imagefolder import mask_box, voc_xml, write_imagefolder
-from cbam_viz.metrics import box_mask
+from cbam_viz.eval.metrics import box_mask
 
 
 @pytest.fixture(scope="module")

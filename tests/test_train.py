@@ -23,13 +23,13 @@ from conftest import make_stamps
 from test_imagefolder import photo_root  # noqa: F401 (a fixture)
 
 from cbam_viz import train as tr
-from cbam_viz.checkpoints import load_checkpoint, load_pair
 from cbam_viz.data.pack import AssetPack
 from cbam_viz.data.source import scenes_to_tensors
 from cbam_viz.data.splits import MaterializedSplit
 from cbam_viz.errors import CbamVizError
-from cbam_viz.evaluate import evaluate
-from cbam_viz.models import build_model
+from cbam_viz.eval.scenes import evaluate
+from cbam_viz.io.checkpoints import load_checkpoint, load_pair
+from cbam_viz.nn.resnet import build_model
 from cbam_viz.train.distributed import Dist
 from cbam_viz.train.optim import lr_factor, param_groups
 
@@ -463,7 +463,7 @@ def test_ablation_diagnostic(data_dir, tiny_checkpoints, capsys, monkeypatch):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ablation
 
-    from cbam_viz.cbam import SpatialAttention
+    from cbam_viz.nn.cbam import SpatialAttention
 
     cbam = load_checkpoint(tiny_checkpoints["cbam"]).model.eval()
     x = torch.randn(2, 3, SIZE, SIZE)

@@ -9,10 +9,10 @@ import pytest
 from test_train import argv, data_dir, parse  # noqa: F401 (data_dir is a fixture)
 
 from cbam_viz import train as tr
-from cbam_viz.cbam import CBAMConfig
-from cbam_viz.checkpoints import load_checkpoint
 from cbam_viz.errors import CbamVizError
-from cbam_viz.models import ARCHS
+from cbam_viz.io.checkpoints import load_checkpoint
+from cbam_viz.nn.cbam import CBAMConfig
+from cbam_viz.nn.resnet import ARCHS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

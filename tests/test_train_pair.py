@@ -15,10 +15,10 @@ import pytest
 import torch
 from conftest import make_stamps
 
-from cbam_viz.checkpoints import load_checkpoint
 from cbam_viz.cli import main
 from cbam_viz.errors import CbamVizError
-from cbam_viz.models import DISPLAY_NAMES
+from cbam_viz.io.checkpoints import load_checkpoint
+from cbam_viz.nn.resnet import DISPLAY_NAMES
 from cbam_viz.train import add_arguments as add_train_arguments
 from cbam_viz.train import pair
 from cbam_viz.train.distributed import setup_distributed

@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 
-from cbam_viz.checkpoints import MODEL_KEYS, load_pair
 from cbam_viz.errors import CbamVizError
-from cbam_viz.fileio import sha256_file
-from cbam_viz.weights import BUNDLED, CHECKOUT_WEIGHTS, WEIGHTS_ENV, BundledWeights, weights_folders
+from cbam_viz.io.checkpoints import MODEL_KEYS, load_pair
+from cbam_viz.io.fileio import sha256_file
+from cbam_viz.io.weights import BUNDLED, CHECKOUT_WEIGHTS, WEIGHTS_ENV, BundledWeights, weights_folders
 
 
 @pytest.mark.parametrize("key", MODEL_KEYS)

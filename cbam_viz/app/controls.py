@@ -6,11 +6,10 @@ import math
 import re
 from collections.abc import Sequence
 
-from cbam_viz.cam import check_method_layer
+from cbam_viz.cam.engine import check_method_layer
+from cbam_viz.cam.render import COLORMAPS, check_colormap
 from cbam_viz.errors import CbamVizError, echo
-from cbam_viz.images import MAX_PIXELS
-from cbam_viz.render import COLORMAPS, check_colormap
-
+from cbam_viz.io.images import MAX_PIXELS
 
 TOP1 = "top1"
 

@@ -12,10 +12,9 @@ from pathlib import Path
 from cbam_viz.app.controls import TOP1, check_controls
 from cbam_viz.app.studio import Studio
 from cbam_viz.app.uploads import SourceImage
-from cbam_viz.cam import DEFAULT_LAYER, DEFAULT_METHOD
+from cbam_viz.cam.engine import DEFAULT_LAYER, DEFAULT_METHOD
+from cbam_viz.cam.figures import paper_figure
 from cbam_viz.errors import CbamVizError
-from cbam_viz.figures import paper_figure
-
 
 MAX_FIGURE_ROWS = 8
 FIGURE_STEM = "cbam_gradcam_figure"

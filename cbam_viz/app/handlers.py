@@ -28,11 +28,11 @@ from cbam_viz.app.views import (
     scores_json,
     top5_label,
 )
-from cbam_viz.cam import DEFAULT_LAYER, DEFAULT_METHOD, LAYERS, METHODS
-from cbam_viz.checkpoints import MODEL_KEYS
+from cbam_viz.cam.engine import DEFAULT_LAYER, DEFAULT_METHOD, LAYERS, METHODS
+from cbam_viz.cam.figures import channel_attention_figure
 from cbam_viz.errors import CbamVizError
-from cbam_viz.figures import channel_attention_figure
-from cbam_viz.images import ImageError
+from cbam_viz.io.checkpoints import MODEL_KEYS
+from cbam_viz.io.images import ImageError
 
 
 class Handlers:
@@ -99,7 +99,7 @@ class Handlers:
         method, layer, opacity, colormap = check_controls(method, layer, opacity, colormap)
         analysis = self.studio.analyse(source, target, method, layer)
         localization = self.studio.localize(analysis, parse_box(box))
-        title = METHODS[method][1].split(" (")[0] + ("" if layer == DEFAULT_LAYER else f" · {layer}")
+        title = METHODS[method].label + ("" if layer == DEFAULT_LAYER else f" · {layer}")
         warning = familiarity_banner(analysis)
         outputs = [gr.Markdown(warning, visible=bool(warning))]
         for key in MODEL_KEYS:

@@ -14,16 +14,17 @@ import signal
 import sys
 from pathlib import Path
 
-from cbam_viz.allocator import return_freed_memory
+from cbam_viz.app.allocator import return_freed_memory
 from cbam_viz.app.cache import CACHE_MB
 from cbam_viz.app.figure_export import ExportFolder
 from cbam_viz.app.served import CACHE_SECONDS
-from cbam_viz.app.studio import EXAMPLES_DIR, SLOW_SECONDS, Studio
+from cbam_viz.app.studio import SLOW_SECONDS, Studio
 from cbam_viz.app.ui import CSS, build_demo, queue
-from cbam_viz.checkpoints import load_pair
 from cbam_viz.devices import resolve_device
 from cbam_viz.errors import CbamVizError
-from cbam_viz.weights import BUNDLED, WEIGHTS_ENV
+from cbam_viz.io.checkpoints import load_pair
+from cbam_viz.io.examples import EXAMPLES_DIR
+from cbam_viz.io.weights import BUNDLED, WEIGHTS_ENV
 
 MAX_FILE_SIZE = "50mb"
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from cbam_viz.fileio import atomic_write_bytes
-
+from cbam_viz.io.fileio import atomic_write_bytes
 
 CACHE_SECONDS = 1800  # uploads and served pictures are deleted this long after they were written (--cache-seconds)
 OVERLAYS = "overlays"  # the folder of Gradio's cache that served pictures go to

@@ -19,11 +19,10 @@ from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 
-from cbam_viz.allocator import IDLE_TRIM
+from cbam_viz.app.allocator import IDLE_TRIM
 from cbam_viz.app.served import OVERLAYS, cache_schedule, delete_old_files, prune_empty_folders
 from cbam_viz.app.uploads import SEND_A_FILE, check_upload
 from cbam_viz.errors import CbamVizError
-
 
 log = logging.getLogger("cbam_studio")
 

@@ -30,22 +30,29 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cbam_viz.app.cache import CACHE_MB, CACHE_SHARES, LRU, nbytes
+from cbam_viz.app.cache import CACHE_MB, CACHE_SHARES
 from cbam_viz.app.controls import TOP1, check_controls, format_box, normalise_target
 from cbam_viz.app.uploads import SourceImage, base_name, check_upload, image_key
-from cbam_viz.cam import DEFAULT_LAYER, DEFAULT_METHOD, METHODS, ModelResult, from_features, resolve_target, run_models
-from cbam_viz.checkpoints import MODEL_KEYS, LoadedModel
+from cbam_viz.cam.engine import (
+    DEFAULT_LAYER,
+    DEFAULT_METHOD,
+    METHODS,
+    SLOW_METHODS,
+    ModelResult,
+    from_features,
+    resolve_target,
+    run_models,
+)
 from cbam_viz.errors import ECHO_CHARS, CbamVizError, echo
-from cbam_viz.images import ImageError, load_image
-from cbam_viz.metrics import box_mask, energy_in_mask, pointing_hit
-from cbam_viz.models import branch_channels
+from cbam_viz.eval.metrics import box_mask, energy_in_mask, pointing_hit
+from cbam_viz.io.checkpoints import MODEL_KEYS, LoadedModel
+from cbam_viz.io.examples import EXAMPLES_DIR, MASK_SUFFIX
+from cbam_viz.io.images import ImageError, load_image
+from cbam_viz.lru import LRU, nbytes
+from cbam_viz.nn.resnet import branch_channels
 
-
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
-MASK_SUFFIX = ".mask.png"
 # Methods that run the model once per channel of the explained layer (256 at layer1 to 2048 at layer4): at most
 # one such request runs at a time, and one whose estimated time exceeds Studio.slow_seconds is refused.
-SLOW_METHODS = ("scorecam",)
 SLOW_SECONDS = 60.0
 # ScoreCAM forwards its masked copies of the image in batches, cheaper per copy than a forward pass of one image:
 # until a run has measured the cost of one copy here, it is taken as this share of the fastest forward pass seen.
@@ -246,7 +253,7 @@ class Studio:
     @contextlib.contextmanager
     def _slow_slot(self, method: str, layer: str) -> Iterator[None]:
         """Run a slow method only if its estimated time is within slow_seconds and no other one is running."""
-        label = METHODS[method][1].split(" (")[0]
+        label = METHODS[method].label
         passes, seconds = self.slow_estimate(method, layer)
         if seconds > self.slow_seconds:
             raise CbamVizError(

@@ -17,9 +17,9 @@ from cbam_viz.app.served import CACHE_SECONDS
 from cbam_viz.app.server import StudioBlocks
 from cbam_viz.app.studio import Studio
 from cbam_viz.app.views import ATTENTION_CAPTION, knowledge_markdown, model_info_markdown, slow_methods_note
-from cbam_viz.cam import DEFAULT_LAYER, DEFAULT_METHOD, LAYERS, METHODS
-from cbam_viz.checkpoints import MODEL_KEYS
-from cbam_viz.render import COLORMAPS
+from cbam_viz.cam.engine import DEFAULT_LAYER, DEFAULT_METHOD, LAYERS, METHODS
+from cbam_viz.cam.render import COLORMAPS
+from cbam_viz.io.checkpoints import MODEL_KEYS
 
 CSS = """
 .caption { text-align: center; min-height: 1.6em; }
@@ -113,7 +113,7 @@ def controls(ui: SimpleNamespace, studio: Studio) -> None:
             info="Each model's own top-1, or one class for both (type to search, or click a top-5 entry)",
         )
         ui.method = gr.Dropdown(
-            [(label, key) for key, (_, label) in METHODS.items()], value=DEFAULT_METHOD, label="CAM method",
+            [(m.choice, key) for key, m in METHODS.items()], value=DEFAULT_METHOD, label="CAM method",
             elem_id="method", min_width=180, info=slow_methods_note(studio.slow_seconds),
         )
         ui.layer = gr.Radio(list(LAYERS), value=DEFAULT_LAYER, label="Layer", elem_id="layer", min_width=250)

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from cbam_viz.fileio import is_within
-from cbam_viz.images import ImageError
-
+from cbam_viz.io.fileio import is_within
+from cbam_viz.io.images import ImageError
 
 SEND_A_FILE = "send the image as a file upload (gradio_client: handle_file(path))"
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)

@@ -11,17 +11,17 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from cbam_viz.app.controls import format_box
-from cbam_viz.app.studio import SLOW_METHODS, Analysis, Localization, duration
+from cbam_viz.app.studio import Analysis, Localization, duration
 from cbam_viz.app.uploads import base_name
-from cbam_viz.cam import METHODS, ModelResult, upsample
-from cbam_viz.checkpoints import LoadedModel
+from cbam_viz.cam.engine import METHODS, SLOW_METHODS, ModelResult, upsample
+from cbam_viz.cam.render import overlay
 from cbam_viz.errors import CbamVizError
-from cbam_viz.familiarity import SCORE_NAMES
-from cbam_viz.metrics import agreement, peak
-from cbam_viz.render import overlay
-
+from cbam_viz.eval.metrics import agreement, peak
+from cbam_viz.familiarity.detectors import SCORE_NAMES
+from cbam_viz.io.checkpoints import LoadedModel
 
 ATTENTION_CAPTION = (
     "**Spatial attention** (top row): CBAM's map Ms of the chosen block in each stage, the weight (0 to 1) it gives "
@@ -34,7 +34,7 @@ ATTENTION_CAPTION = (
 
 def slow_methods_note(slow_seconds: float) -> str:
     """What the page says up front about the slow methods (the method dropdown's info line)."""
-    names = " and ".join(METHODS[m][1].split(" (")[0] for m in SLOW_METHODS)
+    names = " and ".join(METHODS[m].label for m in SLOW_METHODS)
     return (
         f"{names}: slow, one forward pass per channel (256 at layer1 to 2048 at layer4); one runs at a time, and "
         f"one estimated over {duration(slow_seconds)} is refused. The others take one pass."
@@ -102,10 +102,10 @@ def localization_preview(analysis: Analysis, localization: Localization | None) 
     line = max(2, round(min(w, h) / 150))
     if localization is not None:
         mask = localization.mask
-        edge = mask & ~_erode(mask)
+        edge = mask & ~ndimage.binary_erosion(mask)  # 4-neighbour; outside the image counts as background
         shade = np.asarray(image).copy()
         shade[~mask] = (shade[~mask] * 0.55).astype(np.uint8)
-        shade[_dilate(edge, line // 2)] = (255, 255, 255)
+        shade[ndimage.binary_dilation(edge, iterations=line // 2)] = (255, 255, 255)  # line >= 2: iterations >= 1
         image = Image.fromarray(shade)
         draw = ImageDraw.Draw(image)
     r = max(4, round(min(w, h) / 40))
@@ -116,25 +116,6 @@ def localization_preview(analysis: Analysis, localization: Localization | None) 
         else:
             draw.rectangle((x - r, y - r, x + r, y + r), outline=color, width=line)
     return image
-
-
-def _erode(mask: np.ndarray) -> np.ndarray:
-    padded = np.pad(mask, 1, constant_values=False)
-    out = mask.copy()
-    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-        out &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
-    return out
-
-
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    out = mask.copy()
-    for _ in range(max(0, radius)):
-        padded = np.pad(out, 1, constant_values=False)
-        grown = out.copy()
-        for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-            grown |= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
-        out = grown
-    return out
 
 
 def localization_markdown(analysis: Analysis, localization: Localization | None) -> str:
@@ -164,7 +145,7 @@ def localization_markdown(analysis: Analysis, localization: Localization | None)
         lines += [
             "",
             f"**Attention–CAM agreement** (CBAM): Pearson r = **{agree[1]:.3f}** between its last spatial attention "
-            f"map ({agree[0]}) and its {METHODS[analysis.method][1].split(' (')[0]} map for "
+            f"map ({agree[0]}) and its {METHODS[analysis.method].label} map for "
             f"{_md(analysis.results['cbam'].target.label)}.",
         ]
     return "\n".join(lines)
@@ -211,7 +192,7 @@ def scores_json(analysis: Analysis, localization: Localization | None = None) ->
         },
         "target": analysis.target,
         "method": analysis.method,
-        "method_label": METHODS[analysis.method][1],
+        "method_label": METHODS[analysis.method].choice,
         "layer": analysis.layer,
         "localization": None
         if localization is None

@@ -51,7 +51,7 @@ from cbam_viz.data.stamps import (
     scan_stamps,
 )
 from cbam_viz.errors import CbamVizError
-from cbam_viz.fileio import atomic_dir
+from cbam_viz.io.fileio import atomic_dir
 
 
 def _plasma_attribution(source: str, root: Path) -> str:

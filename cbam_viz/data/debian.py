@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from cbam_viz.errors import CbamVizError
-from cbam_viz.fileio import atomic_dir
+from cbam_viz.io.fileio import atomic_dir
 
 DEBIAN_PACKAGES = (
     "tuxpaint-stamps-default",

@@ -7,7 +7,7 @@ Readable class names come from `LOC_synset_mapping.txt` or `words.txt` in the ro
 tinca" -> "tench"), else, for exactly 1000 ImageNet synsets, from torchvision's ImageNet category list, else they
 are the folder names.
 
-Images are decoded by `cbam_viz.images.load_image`. In training an unreadable image is replaced by the next
+Images are decoded by `cbam_viz.io.images.load_image`. In training an unreadable image is replaced by the next
 readable image of its class (in sample order), so a long run never stops on one bad file and item i is the same in
 every process and after a resume; in evaluation it is left out. Items carry a note naming the unreadable file, so the
 process that reads the batches (not the loader worker that met it) counts and reports them.
@@ -28,7 +28,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_a
 
 from cbam_viz.data.transforms import PREPROCESS, eval_transform, item_seed, seeded, train_transform
 from cbam_viz.errors import CbamVizError
-from cbam_viz.images import ImageError, load_image
+from cbam_viz.io.images import ImageError, load_image
 
 SOLUTION_CSV = "LOC_val_solution.csv"
 MAPPING_FILES = ("LOC_synset_mapping.txt", "words.txt")

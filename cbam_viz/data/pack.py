@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from cbam_viz.errors import CbamVizError
-from cbam_viz.fileio import atomic_dir, sha256_file
+from cbam_viz.io.fileio import atomic_dir, sha256_file
 
 PACK_FORMAT = "cbam_viz.stamp_pack"
 PACK_VERSION = "1.1"

@@ -13,7 +13,6 @@ test use `index % n_classes` (balanced).
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from torch.utils.data import Dataset
 
 from cbam_viz.data.pack import SPLIT_IDS, AssetPack, check_split
 from cbam_viz.errors import CbamVizError
+from cbam_viz.lru import LRU, nbytes
 
 SCENE_VERSION = 2  # bumped whenever compose_scene draws different pixels for the same (pack, split, index, seed)
 
@@ -86,38 +86,19 @@ def _jitter(image: Image.Image, b: float, c: float, s: float) -> Image.Image:
     return Image.fromarray(out, "RGBA")
 
 
-class _ScaledCache:
-    """Least-recently-used copies of source stamps resized (bilinear) to one size: the same source, size and
-    reducing gap always give the same pixels, and scenes draw each stamp at a few dozen sizes only."""
-
-    def __init__(self, budget: int):
-        self.budget = budget
-        self.used = 0
-        self.entries: OrderedDict[tuple, tuple[Image.Image, Image.Image]] = OrderedDict()
-
-    def resized(self, src: Image.Image, size: tuple[int, int], gap: float | None) -> Image.Image:
-        key = (id(src), size, gap)
-        entry = self.entries.get(key)
-        if entry is not None:
-            if entry[0] is src:
-                self.entries.move_to_end(key)
-                return entry[1]
-            del self.entries[key]  # the id of a freed image came back on another one
-            self.used -= _nbytes(entry[1])
-        im = src.resize(size, Image.Resampling.BILINEAR, reducing_gap=gap)
-        self.entries[key] = (src, im)
-        self.used += _nbytes(im)
-        while self.used > self.budget and self.entries:
-            _, (_, old) = self.entries.popitem(last=False)
-            self.used -= _nbytes(old)
-        return im
+def _resized(src: Image.Image, size: tuple[int, int], gap: float | None) -> Image.Image:
+    """`src` resized (bilinear) to `size`, from the least-recently-used copies: the same source, size and reducing gap
+    always give the same pixels, and scenes draw each stamp at a few dozen sizes only."""
+    key = (id(src), size, gap)
+    entry = _SCALED.get(key)
+    if entry is not None and entry[0] is src:  # not another image that the id of a freed one came back on
+        return entry[1]
+    im = src.resize(size, Image.Resampling.BILINEAR, reducing_gap=gap)
+    _SCALED.put(key, (src, im))
+    return im
 
 
-def _nbytes(im: Image.Image) -> int:
-    return im.width * im.height * len(im.getbands())
-
-
-_SCALED = _ScaledCache(SCALED_CACHE_BYTES)
+_SCALED = LRU(weigh=lambda entry: nbytes(entry[1]), budget=SCALED_CACHE_BYTES)  # (source, resized) per key
 
 
 def _transform_object(
@@ -129,7 +110,7 @@ def _transform_object(
     b, c, s = (float(v) for v in rng.uniform(JITTER[0], JITTER[1], size=3))
     scale = longest / max(src.size)
     size = (max(1, round(src.width * scale)), max(1, round(src.height * scale)))
-    im = _SCALED.resized(src, size, 2.0 if scale < 0.5 else None)
+    im = _resized(src, size, 2.0 if scale < 0.5 else None)
     im = _jitter(im, b, c, s)
     flip = flip and mirror_ok
     if flip:

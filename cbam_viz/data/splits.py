@@ -13,7 +13,7 @@ from cbam_viz.data.pack import AssetPack, check_split
 from cbam_viz.data.progress import progress_bar
 from cbam_viz.data.scenes import SCENE_VERSION, Scene, compose_scene
 from cbam_viz.errors import CbamVizError
-from cbam_viz.fileio import atomic_dir
+from cbam_viz.io.fileio import atomic_dir
 
 
 def materialize_split(

@@ -20,7 +20,7 @@ from cbam_viz.data.progress import progress_bar
 from cbam_viz.data.scenes import compose_scene
 from cbam_viz.data.splits import MaterializedSplit
 from cbam_viz.errors import CbamVizError
-from cbam_viz.fileio import atomic_dir
+from cbam_viz.io.fileio import atomic_dir
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from cbam_viz.data.pack import SPLITS, PackBackground, PackObject, slug, write_pack
 
+
 def _shape_image(kind: str, side: int, color: tuple[int, int, int], rng: np.random.Generator, texture: bool) -> Image.Image:
     """A synthetic RGBA 'stamp': a filled shape, optionally with a little noise texture."""
     im = Image.new("RGBA", (side, side), (0, 0, 0, 0))

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from cbam_viz.cbam import ARRANGEMENTS, CHANNEL_POOLS, KERNEL_SIZES, SPATIAL_POOLS, CBAMConfig
 from cbam_viz.data.scenes import TARGET_SCALE
 from cbam_viz.data.transforms import AUGMENTS
 from cbam_viz.errors import CbamVizError
-from cbam_viz.models import ARCHS, parse_arch
+from cbam_viz.nn.cbam import ARRANGEMENTS, CHANNEL_POOLS, KERNEL_SIZES, SPATIAL_POOLS, CBAMConfig
+from cbam_viz.nn.resnet import ARCHS, parse_arch
 
 # Defaults of one `train` run. The recipe of the pair the app compares is `cbam_viz.train.pair.RECIPE`.
 DEFAULT_IMAGES = 120_000

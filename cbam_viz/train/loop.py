@@ -19,7 +19,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cbam_viz.checkpoints import (
+from cbam_viz.data.imagefolder import UNREADABLE, unreadable_line
+from cbam_viz.data.source import DataSource, open_data
+from cbam_viz.io.checkpoints import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CheckpointError,
@@ -29,8 +31,8 @@ from cbam_viz.checkpoints import (
     preview_names,
     save_checkpoint,
 )
-from cbam_viz.fileio import atomic_path
-from cbam_viz.models import DISPLAY_NAMES, build_model
+from cbam_viz.io.fileio import atomic_path
+from cbam_viz.nn.resnet import DISPLAY_NAMES, build_model
 from cbam_viz.train.config import (
     BASE_LR,
     BEST,
@@ -46,8 +48,6 @@ from cbam_viz.train.config import (
     TrainError,
     resolve_config,
 )
-from cbam_viz.data.imagefolder import UNREADABLE, unreadable_line
-from cbam_viz.data.source import DataSource, open_data
 from cbam_viz.train.data import StepBatches, worker_init
 from cbam_viz.train.distributed import Dist, all_reduce, broadcast_flag, gather_notes, setup_distributed
 from cbam_viz.train.optim import lr_factor, param_groups

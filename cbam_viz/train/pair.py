@@ -18,8 +18,8 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from cbam_viz.fileio import atomic_write_bytes
-from cbam_viz.models import DISPLAY_NAMES
+from cbam_viz.io.fileio import atomic_write_bytes
+from cbam_viz.nn.resnet import DISPLAY_NAMES
 from cbam_viz.train.config import FINAL, LAST, TrainError
 from cbam_viz.train.config import add_arguments as add_train_arguments
 from cbam_viz.train.run_files import load_last

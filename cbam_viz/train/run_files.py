@@ -8,9 +8,8 @@ from pathlib import Path
 
 import torch
 
-from cbam_viz.fileio import atomic_path, atomic_write_bytes
+from cbam_viz.io.fileio import atomic_path, atomic_write_bytes
 from cbam_viz.train.config import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, METRIC_COLUMNS, TrainError
-
 
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:

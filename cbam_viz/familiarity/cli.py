@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cbam_viz.cam import preprocess
-from cbam_viz.checkpoints import LoadedModel, load_checkpoint, load_pair, store_familiarity
+from cbam_viz.cam.engine import preprocess
+from cbam_viz.data.rcc import read_rcc
 from cbam_viz.errors import CbamVizError
-from cbam_viz.familiarity import (
+from cbam_viz.familiarity.detectors import (
     DEFAULT_K,
     DEFAULT_TRAIN_IMAGES,
     FEATURE,
@@ -51,9 +51,9 @@ from cbam_viz.familiarity import (
     pool,
     threshold_at,
 )
-from cbam_viz.fileio import atomic_write_bytes
-from cbam_viz.models import forward_maps
-from cbam_viz.rcc import read_rcc
+from cbam_viz.io.checkpoints import LoadedModel, load_checkpoint, load_pair, store_familiarity
+from cbam_viz.io.fileio import atomic_write_bytes
+from cbam_viz.nn.resnet import forward_maps
 
 DEFAULT_METHOD = "patches"
 FIT_SEED = 1  # scene stream of the fit's training scenes (any seed draws from the training distribution)
@@ -273,7 +273,7 @@ def measure(familiar: np.ndarray, unfamiliar: np.ndarray, threshold: float | Non
 def run_eval(args: argparse.Namespace) -> int:
     from cbam_viz.data.pack import AssetPack
     from cbam_viz.data.scenes import compose_unknown_scene
-    from cbam_viz.images import load_image
+    from cbam_viz.io.images import load_image
 
     started = time.perf_counter()
     models = load_pair(args.baseline, args.cbam, args.device)
@@ -325,7 +325,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _example_scenes() -> list[Path]:
-    from cbam_viz.app.studio import EXAMPLES_DIR, MASK_SUFFIX
+    from cbam_viz.io.examples import EXAMPLES_DIR, MASK_SUFFIX
 
     return sorted(p for p in EXAMPLES_DIR.glob("*.jpg") if not p.name.endswith(MASK_SUFFIX))
 

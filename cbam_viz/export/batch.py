@@ -7,7 +7,7 @@ to the common root of the inputs with every folder and file name sanitised (so n
 short hash of the original relative path appended whenever sanitising changed a name or two names would
 collide (same stem, case-insensitive file systems). Every file is written atomically; each finished image's
 rows are appended, fsync'd, to this shard's journal `manifest.shard-K-of-N.jsonl`; `manifest.jsonl` and
-`manifest.csv` are (re)generated from all journals at the end (see `export_merge`). A rerun skips every
+`manifest.csv` are (re)generated from all journals at the end (see `cbam_viz.export.merge`). A rerun skips every
 (image, model) whose row says it succeeded with the same settings and whose files exist, so a killed run
 resumes where it stopped; unreadable images become error rows and are retried on the next run.
 
@@ -37,12 +37,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cbam_viz.cam import LAYERS, METHODS, ModelResult, check_method_layer, resolve_target, run_models
-from cbam_viz.checkpoints import MODEL_KEYS, LoadedModel, load_checkpoint
+from cbam_viz.cam.engine import LAYERS, METHODS, ModelResult, check_method_layer, resolve_target, run_models
+from cbam_viz.cam.render import COLORMAPS, check_colormap, overlay
 from cbam_viz.cli import standalone
 from cbam_viz.devices import resolve_device
 from cbam_viz.errors import CbamVizError
-from cbam_viz.export_merge import (
+from cbam_viz.export.merge import (
     COLUMNS,
     collect_rows,
     done_name,
@@ -50,18 +50,18 @@ from cbam_viz.export_merge import (
     part_name,
     to_jsonl,
 )
-from cbam_viz.fileio import atomic_path, atomic_write_bytes, is_within, sha256_file
-from cbam_viz.images import load_image
-from cbam_viz.render import COLORMAPS, check_colormap, overlay
-from cbam_viz.weights import BUNDLED, WEIGHTS_ENV, weights_folders
+from cbam_viz.io.checkpoints import MODEL_KEYS, LoadedModel, load_checkpoint
+from cbam_viz.io.fileio import atomic_path, atomic_write_bytes, is_within, sha256_file
+from cbam_viz.io.images import load_image
+from cbam_viz.io.weights import BUNDLED, WEIGHTS_ENV, weights_folders
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".mpo"}
 )
 DEFAULT_MAX_SIDE = 1024
-# Overlays are encoded by OpenCV with one fixed PNG row filter (SUB) and Huffman-only zlib: measured on 500x375
-# overlays, ~7 ms and ~310 KB each, against ~24 ms / 293 KB (OpenCV's defaults, adaptive filters) and ~45 ms /
-# 305 KB (PIL's default level 6). At 160 px inputs the PNG was the export's largest cost after the forwards.
+# Overlays are encoded by OpenCV with one fixed PNG row filter (SUB) and Huffman-only zlib: several times faster
+# than adaptive filters or PIL's default level at about the same size, since the PNG is the export's largest cost
+# after the forwards.
 PNG_PARAMS = (
     cv2.IMWRITE_PNG_STRATEGY,
     cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
@@ -661,7 +661,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`export` on its own, with the CLI's error handling (tests; `python -m cbam_viz.export`)."""
+    """`export` on its own, with the CLI's error handling (tests; `python -m cbam_viz.export.batch`)."""
     return standalone(sys.modules[__name__], argv, "python -m cbam_viz export")
 
 

@@ -19,12 +19,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load, save_file
 from torch import nn
 
-from cbam_viz.cbam import CBAMConfig
 from cbam_viz.errors import CbamVizError
-from cbam_viz.familiarity import STORED_METHODS, TENSOR_PREFIX, Familiarity
-from cbam_viz.fileio import atomic_path
-from cbam_viz.models import ARCHS, DISPLAY_NAMES, build_model, infer_arch, infer_cbam_config, parse_arch
-from cbam_viz.weights import BUNDLED
+from cbam_viz.familiarity.detectors import STORED_METHODS, TENSOR_PREFIX, Familiarity
+from cbam_viz.io.fileio import atomic_path
+from cbam_viz.io.weights import BUNDLED
+from cbam_viz.nn.cbam import CBAMConfig
+from cbam_viz.nn.resnet import ARCHS, DISPLAY_NAMES, build_model, infer_arch, infer_cbam_config, parse_arch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

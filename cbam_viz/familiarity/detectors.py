@@ -240,20 +240,6 @@ def evidence_patches(
 
 
 # ------------------------------------------------------------------------------------------------ fitting
-def ledoit_wolf(centred: np.ndarray) -> np.ndarray:
-    """Ledoit-Wolf shrunk covariance of centred samples (N, K): well conditioned even when N is near K."""
-    n, k = centred.shape
-    emp = centred.T @ centred / n
-    mu = np.trace(emp) / k
-    delta = ((emp - mu * np.eye(k)) ** 2).sum() / k
-    x2 = centred**2
-    beta = min(((x2.T @ x2).sum() / n - (emp**2).sum()) / (k * n), delta)
-    shrink = beta / delta if delta > 0 else 1.0
-    cov = (1 - shrink) * emp
-    cov[np.diag_indices(k)] += shrink * mu
-    return cov
-
-
 def fit_tensors(
     method: str,
     pooled: np.ndarray,
@@ -293,7 +279,9 @@ def fit_tensors(
             missing = sorted(set(range(num_classes)) - set(present.tolist()))
             raise ValueError(f"no training image of class(es) {missing[:5]}: cannot fit class means")
         means = np.stack([pooled[labels == c].mean(0) for c in range(num_classes)])
-        cov = ledoit_wolf(pooled - means[labels])
+        from sklearn.covariance import ledoit_wolf  # shrunk: well conditioned even when N is near K
+
+        cov = ledoit_wolf(pooled - means[labels], assume_centered=True)[0]
         eigval, eigvec = np.linalg.eigh(cov)
         whitening = (eigvec / np.sqrt(np.maximum(eigval, eigval.max() * 1e-9))).T  # W with W^T W = cov^-1
         return {
@@ -326,23 +314,11 @@ def threshold_at(val_scores: np.ndarray, keep: float = KEEP) -> float:
 # ---------------------------------------------------------------------------------------------- measuring
 def auroc(familiar: np.ndarray, unfamiliar: np.ndarray) -> float:
     """Area under the ROC curve for telling unfamiliar (positive, higher score) from familiar images; ties count half."""
+    from sklearn.metrics import roc_auc_score
+
     familiar, unfamiliar = np.asarray(familiar, float), np.asarray(unfamiliar, float)
-    both = np.concatenate([familiar, unfamiliar])
-    ranks = _average_ranks(both)
-    n_pos, n_neg = len(unfamiliar), len(familiar)
-    return float((ranks[n_neg:].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values))
-    sorted_values = values[order]
-    start = 0
-    for end in range(1, len(values) + 1):
-        if end == len(values) or sorted_values[end] != sorted_values[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2  # 1-based average rank of the tie group
-            start = end
-    return ranks
+    truth = np.r_[np.zeros(len(familiar)), np.ones(len(unfamiliar))]
+    return float(roc_auc_score(truth, np.r_[familiar, unfamiliar]))
 
 
 def fpr_at_tpr(familiar: np.ndarray, unfamiliar: np.ndarray, tpr: float = KEEP) -> float:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from cbam_viz.cbam import CBAM, CBAMConfig
+from cbam_viz.nn.cbam import CBAM, CBAMConfig
 
 # depth -> (block, blocks per stage), as torchvision and the official CBAM code define them
 DEPTHS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {

@@ -19,8 +19,8 @@ from PIL import Image
 from pytorch_grad_cam.metrics.road import ROADCombined
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-from cbam_viz.cam import Comparison, ModelResult, preprocess, upsample
-from cbam_viz.checkpoints import LoadedModel
+from cbam_viz.cam.engine import Comparison, ModelResult, preprocess, upsample
+from cbam_viz.io.checkpoints import LoadedModel
 
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 FORWARDS_PER_IMAGE = 2 * 2 * len(PERCENTILES)

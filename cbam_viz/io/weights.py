@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cbam_viz.errors import CbamVizError
-from cbam_viz.fileio import sha256_file
+from cbam_viz.io.fileio import sha256_file
 
 WEIGHTS_ENV = "CBAM_VIZ_WEIGHTS"
-CHECKOUT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+CHECKOUT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class BundledWeights:
         if digest != self.sha256:
             raise CbamVizError(
                 f"{path} is not the bundled {self.file_name}: its sha256 is {digest[:16]}..., the table in "
-                f"cbam_viz/weights.py has {self.sha256[:16]}...; restore the file, or pass its path as a checkpoint "
+                f"cbam_viz/io/weights.py has {self.sha256[:16]}...; restore the file, or pass its path as a checkpoint "
                 "to load it as it is"
             )
         return path

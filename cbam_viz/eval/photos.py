@@ -1,7 +1,7 @@
 """`eval` on a folder of photos (an ImageFolder split, DIR/<split>/<class>/<image>): accuracy for every photo,
 Grad-CAM localization where boxes or masks exist.
 
-Each photo is brought into one square frame (`cbam_viz.framing`: center crop or whole-image resize) and shown to
+Each photo is brought into one square frame (`cbam_viz.eval.framing`: center crop or whole-image resize) and shown to
 both networks; the true class's CAM, upsampled to the frame, is scored against the ground truth carried into the
 same frame: pointing game and energy inside the true class's boxes (or mask), and the Grad-CAM paper's
 localization (IoU >= 0.5 of the CAM's box with a true-class box), also with top-1 right. Photos without an
@@ -20,17 +20,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cbam_viz.cam import run_models
-from cbam_viz.checkpoints import LoadedModel, preview_names
+from cbam_viz.cam.engine import run_models
 from cbam_viz.data.annotations import SWAPS_AXES, Annotations, ImageAnnotation, load_annotations
 from cbam_viz.data.imagefolder import PhotoSplit, open_split, unreadable_line
 from cbam_viz.errors import CbamVizError
-from cbam_viz.evaluate import figure_rows, format_class_means, format_table, pointing_class_means, write_outputs
-from cbam_viz.faithfulness import ROAD_METRIC, road_cost, road_for_batch
-from cbam_viz.framing import describe, frame_boxes, frame_image, frame_mask
-from cbam_viz.images import ImageError, stored_orientation
-from cbam_viz.metrics import box_mask, energy_in_mask, localized, mask_boxes, pointing_hit
-from cbam_viz.paired import paired_differences
+from cbam_viz.eval.faithfulness import ROAD_METRIC, road_cost, road_for_batch
+from cbam_viz.eval.framing import describe, frame_boxes, frame_image, frame_mask
+from cbam_viz.eval.metrics import box_mask, energy_in_mask, localized, mask_boxes, pointing_hit
+from cbam_viz.eval.report import figure_rows, format_class_means, format_table, pointing_class_means, write_outputs
+from cbam_viz.eval.stats import paired_differences
+from cbam_viz.io.checkpoints import LoadedModel, preview_names
+from cbam_viz.io.images import ImageError, stored_orientation
 
 ACCURACY_METRICS = (
     ("top1", "top-1 accuracy"),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cbam_viz.attention import record
+from cbam_viz.nn.attention import record
 
 CHANNEL_POOLS = {"avg+max": ("avg", "max"), "avg": ("avg",), "max": ("max",)}
 SPATIAL_POOLS = ("avg+max", "conv1x1")
@@ -115,9 +115,9 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return Mc of shape (N, C, 1, 1)."""
         n, c = x.shape[:2]
-        # The max before the mean: autograd then accumulates x's gradient in the same order as before the pooling
-        # became an option, so resumed runs stay bit-exact. One MLP call on all descriptors (stacked along the
-        # batch) instead of one per pool.
+        # The max before the mean: autograd accumulates x's gradient in this order, which checkpoints' resumed
+        # runs rely on to stay bit-exact. One MLP call on all descriptors (stacked along the batch) instead of one
+        # per pool.
         pooled = {}
         if "max" in self.pools:
             pooled["max"] = F.adaptive_max_pool2d(x, 1).flatten(1) if _needs_grad(x) else x.amax(dim=(2, 3))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cbam_viz.cli import standalone
 from cbam_viz.errors import CbamVizError
-from cbam_viz.fileio import atomic_write_bytes
+from cbam_viz.io.fileio import atomic_write_bytes
 
 MANIFEST_JSONL = "manifest.jsonl"
 MANIFEST_CSV = "manifest.csv"
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`merge` on its own, with the CLI's error handling (used by tests and `python -m cbam_viz.export_merge`)."""
+    """`merge` on its own, with the CLI's error handling (used by tests and `python -m cbam_viz.export.merge`)."""
     return standalone(sys.modules[__name__], argv, "python -m cbam_viz merge")
 
 

@@ -14,10 +14,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cbam_viz.attention import AttentionMaps
-from cbam_viz.cam import METHODS, ModelResult
-from cbam_viz.fileio import atomic_path
-from cbam_viz.render import overlay
+from cbam_viz.cam.engine import METHODS, ModelResult
+from cbam_viz.cam.render import overlay
+from cbam_viz.io.fileio import atomic_path
+from cbam_viz.nn.attention import AttentionMaps
 
 FigureRow = tuple[Image.Image, ModelResult, ModelResult]
 TITLE_CHARS, TITLE_LINES = 60, 3  # a title is wrapped to lines of this many characters, at most this many lines
@@ -30,7 +30,7 @@ def title_lines(title: str, width: int = TITLE_CHARS, max_lines: int = TITLE_LIN
 
 def method_title(result: ModelResult) -> str:
     """'Grad-CAM', or 'Grad-CAM++ (layer3)' when the map is not from layer4."""
-    label = METHODS[result.method][1].split(" (")[0] if result.method in METHODS else result.method
+    label = METHODS[result.method].label if result.method in METHODS else result.method
     return label if result.layer == "layer4" else f"{label} ({result.layer})"
 
 

@@ -33,23 +33,45 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchvision.transforms.v2 import functional as TF
 
-from cbam_viz.attention import AttentionMaps, capture_attention
-from cbam_viz.checkpoints import LoadedModel, ModelMeta
 from cbam_viz.errors import CbamVizError, echo
-from cbam_viz.familiarity import FamiliarityScore, Maps
-from cbam_viz.images import load_image
-from cbam_viz.models import STAGES, forward_maps
+from cbam_viz.familiarity.detectors import FamiliarityScore, Maps
+from cbam_viz.io.checkpoints import LoadedModel, ModelMeta
+from cbam_viz.io.images import load_image
+from cbam_viz.nn.attention import AttentionMaps, capture_attention
+from cbam_viz.nn.resnet import STAGES, forward_maps
 
-# name -> (grad-cam class, label shown to people)
-METHODS: dict[str, tuple[type, str]] = {
-    "gradcam": (GradCAM, "Grad-CAM"),
-    "gradcam++": (GradCAMPlusPlus, "Grad-CAM++"),
-    "hirescam": (HiResCAM, "HiResCAM"),
-    "layercam": (LayerCAM, "LayerCAM"),
-    "xgradcam": (XGradCAM, "XGradCAM"),
-    "eigencam": (EigenCAM, "EigenCAM"),
-    "scorecam": (ScoreCAM, "ScoreCAM (slow: one forward pass per channel)"),
+
+@dataclass(frozen=True)
+class CamMethod:
+    """A CAM method the tool offers: grad-cam's class for it, the name people see, whether it is slow (one forward
+    pass per channel: the app gives it a queue slot of its own and a time limit) and whether it runs a backward
+    pass (those share the model's parameter gradients, so their passes on one model take turns)."""
+
+    name: str
+    cam_class: type
+    label: str
+    slow: bool = False
+    gradients: bool = True
+
+    @property
+    def choice(self) -> str:
+        """The label of the method control, which warns of a slow method."""
+        return f"{self.label} (slow: one forward pass per channel)" if self.slow else self.label
+
+
+METHODS: dict[str, CamMethod] = {
+    m.name: m
+    for m in (
+        CamMethod("gradcam", GradCAM, "Grad-CAM"),
+        CamMethod("gradcam++", GradCAMPlusPlus, "Grad-CAM++"),
+        CamMethod("hirescam", HiResCAM, "HiResCAM"),
+        CamMethod("layercam", LayerCAM, "LayerCAM"),
+        CamMethod("xgradcam", XGradCAM, "XGradCAM"),
+        CamMethod("eigencam", EigenCAM, "EigenCAM", gradients=False),
+        CamMethod("scorecam", ScoreCAM, "ScoreCAM", slow=True, gradients=False),
+    )
 }
+SLOW_METHODS = tuple(name for name, method in METHODS.items() if method.slow)
 LAYERS = STAGES
 DEFAULT_METHOD = "gradcam"
 DEFAULT_LAYER = "layer4"
@@ -209,17 +231,17 @@ def package_cam(loaded: LoadedModel, x: torch.Tensor, targets: list[list[int]], 
     .grad); the methods without a backward (ScoreCAM, EigenCAM) and the lock-free fast path run beside them, because
     the recorder ignores other threads' forwards.
     """
-    cam_class = METHODS[method][0]
+    spec = METHODS[method]
     target_layers = [getattr(loaded.model, layer)]
-    with cam_class(model=loaded.model, target_layers=target_layers) as cam:
+    with spec.cam_class(model=loaded.model, target_layers=target_layers) as cam:
         cam.activations_and_grads.release()
-        with loaded.lock if cam.uses_gradients else contextlib.nullcontext():
+        with loaded.lock if spec.gradients else contextlib.nullcontext():
             cam.activations_and_grads = OwnThreadActivations(loaded.model, target_layers)
             slots = [
                 cam(input_tensor=x, targets=[ClassifierOutputTarget(t[slot]) for t in targets])
                 for slot in range(len(targets[0]))
             ]
-            if cam.uses_gradients:
+            if spec.gradients:
                 loaded.model.zero_grad(set_to_none=True)  # free the parameter gradients its backward left behind
     return np.stack(slots, axis=1).astype(np.float32)
 

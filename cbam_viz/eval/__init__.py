@@ -1,0 +1,2 @@
+"""Evaluation: localization metrics, paired statistics, photo framing, faithfulness, and `eval` on stamp scenes or
+photo folders."""
