@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: run test install install-test browser docker-engine bench clean
+.PHONY: run test test-fast install install-test browser docker-engine bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +38,10 @@ run: install
 
 test: install-test
 	$(PY) -m pytest -q tests
+
+# The tests that need no server, browser, Docker or training run: for working on the code.
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: install
 	$(PY) -m cbam_viz bench

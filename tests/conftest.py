@@ -24,6 +24,20 @@ from cbam_viz.io.checkpoints import (
 from cbam_viz.nn.cbam import CBAMConfig
 from cbam_viz.nn.resnet import build_model
 
+# Files whose tests start servers, browsers, Docker or training runs: `make test-fast` (-m "not slow") leaves them out.
+SLOW_FILES = frozenset({
+    "test_browser.py", "test_depths.py", "test_docker.py", "test_hardening.py", "test_imagefolder.py", "test_load.py",
+    "test_mcp.py", "test_package.py", "test_train.py", "test_train_arch.py", "test_train_pair.py",
+})  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of SLOW_FILES `slow` (a test elsewhere may carry the mark itself)."""
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
 CLASS_NAMES = ["red square", "green disc", "blue bar", "yellow ring", "white star"]
 INPUT_SIZE = 64
 

@@ -620,6 +620,7 @@ def test_cli_defaults_and_environment(monkeypatch):
     assert (args.host, args.port, str(args.baseline), str(args.cbam)) == ("127.0.0.2", 9000, "a.pth", "b.pth")
 
 
+@pytest.mark.slow
 def test_cli_missing_weights_fail_with_a_clear_message(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "app.py"), "--baseline", str(tmp_path / "none.safetensors"),

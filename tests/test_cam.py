@@ -147,6 +147,7 @@ def test_grad_cam_recorder_ignores_other_threads_forwards(tiny_models):
         recorder.release()
 
 
+@pytest.mark.slow
 def test_scorecam_does_not_keep_the_gradient_methods_off_its_model(tiny_models, monkeypatch):
     """ScoreCAM runs no backward, so a HiResCAM pass on the same model runs while a ScoreCAM pass is under way; both
     give what they give alone."""

@@ -324,6 +324,7 @@ def test_glob_inputs_are_expanded_and_sorted(tmp_path, tiny_checkpoints, monkeyp
     assert [r["id"] for r in manifest(tmp_path / "out")] == ["a", "b", "sub/c"]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_exports_every_image_exactly_once(tmp_path, tiny_checkpoints):
     src = tmp_path / "in"
     make_images(src, [f"{i:02d}.jpg" for i in range(20)], size=(96, 64))

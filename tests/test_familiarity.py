@@ -227,6 +227,7 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_fit_command_stores_a_detector_that_flags_odd_images(data_dir, tmp_path, capsys):
     path = make_checkpoint(tmp_path / "c.safetensors", "resnet50-cbam", 3, class_names=AssetPack.load(
         data_dir).class_names)
@@ -258,6 +259,7 @@ def test_fit_command_stores_a_detector_that_flags_odd_images(data_dir, tmp_path,
     assert result.results["cbam"].familiarity.unfamiliar
 
 
+@pytest.mark.slow
 def test_fit_command_stores_a_patches_detector_the_app_uses(data_dir, tmp_path, capsys):
     path = make_checkpoint(tmp_path / "c.safetensors", "resnet50", 3, class_names=AssetPack.load(data_dir).class_names)
     fit = ["familiarity", "fit", "--data", str(data_dir), "--checkpoint", str(path), "--images", "40",
@@ -468,6 +470,7 @@ def test_eval_reports_the_score_distribution(familiar_pair):
     assert "ResNet50: not available" in text and "CBAM-ResNet50 (knn, threshold" in text
 
 
+@pytest.mark.slow
 def test_eval_command_measures_every_detector_on_every_set(data_dir, tmp_path, capsys):
     names = AssetPack.load(data_dir).class_names
     paths = [make_checkpoint(tmp_path / f"{arch}.safetensors", arch, seed, class_names=names)

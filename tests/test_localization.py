@@ -251,6 +251,7 @@ def test_framed_boxes_masks_and_pixels_agree(mode):
 # ---- ROAD ----
 
 
+@pytest.mark.slow
 def test_road_runs_on_a_tiny_model_and_is_reproducible(tiny_models):
     loaded = tiny_models["cbam"]
     images = [random_image(3), random_image(4)]
@@ -354,6 +355,7 @@ def write_masks(photo_root: Path, out: Path, size: tuple[int, int] = (48, 40)) -
     return out
 
 
+@pytest.mark.slow
 def test_eval_on_photos_with_masks_whole_resize_and_road(photo_root, tiny_checkpoints, tmp_path, capsys):
     masks = write_masks(photo_root, tmp_path / "masks")
     out = tmp_path / "eval"

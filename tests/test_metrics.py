@@ -256,6 +256,7 @@ def test_eval_refuses_checkpoints_of_other_classes(tmp_path, tiny_checkpoints, c
     assert code == 2 and "classes do not match" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_road_on_stamp_scenes(tmp_path, capsys):
     code, split, out = stamp_eval(tmp_path, "--limit", "2", "--figure-rows", "1", "--road", n_classes=3)
     printed = capsys.readouterr().out
