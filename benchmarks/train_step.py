@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cbam_viz.nn.resnet import DISPLAY_NAMES, build_model  # noqa: E402
 from cbam_viz.train.config import DEFAULT_LABEL_SMOOTHING, DEFAULT_WEIGHT_DECAY, MOMENTUM, auto_precision  # noqa: E402
-from cbam_viz.train.loop import autocast  # noqa: E402
+from cbam_viz.train.evaluation import autocast  # noqa: E402
 from cbam_viz.train.optim import param_groups  # noqa: E402
 from cbam_viz.train.pair import PAIR  # noqa: E402
 

@@ -42,7 +42,8 @@ from cbam_viz.cam.engine import compare, preprocess, run_models
 from cbam_viz.cli import standalone
 from cbam_viz.devices import resolve_device
 from cbam_viz.errors import CbamVizError
-from cbam_viz.export.batch import ExportModel, Settings, discover, export
+from cbam_viz.export.batch import ExportModel, Settings, export
+from cbam_viz.export.discover import discover
 from cbam_viz.familiarity.detectors import DEFAULT_K, DEFAULT_TRAIN_IMAGES, Familiarity, FamiliarityScore, Maps
 from cbam_viz.io.checkpoints import LoadedModel, ModelMeta, load_checkpoint
 from cbam_viz.io.weights import BUNDLED
@@ -203,7 +204,6 @@ def benchmark(
     device = next(iter(models.values())).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     image = photo(0, image_size)
-    x1 = {k: preprocess([image], m.meta).to(device) for k, m in models.items()}
     familiar, plain = with_and_without_familiarity(models)
     pictures = [photo(i, image_size) for i in range(images)]
     xs = {k: preprocess(pictures, m.meta).to(device) for k, m in models.items()}
@@ -214,50 +214,7 @@ def benchmark(
         src.mkdir()
         for i, pic in enumerate(pictures):
             pic.save(src / f"{i:04d}.jpg", quality=90)
-        items = discover([str(src)])
-        settings = Settings(batch_size=batch)
-        export_models = {k: ExportModel(k, m, "bench", settings.fingerprint(k, "bench")) for k, m in models.items()}
-        runs = iter(range(10**9))
-
-        def forward(key: str) -> Callable[[], object]:
-            def run() -> object:
-                with torch.inference_mode():
-                    return models[key].model(x1[key])
-
-            return run
-
-        def batched_forwards() -> None:
-            with torch.inference_mode():
-                for key, loaded in models.items():
-                    for i in range(0, images, batch):
-                        loaded.model(xs[key][i : i + batch])
-
-        def export_compute() -> None:
-            for i in range(0, images, batch):
-                run_models(pictures[i : i + batch], models)
-
-        def export_real() -> None:
-            out = tmp / f"out{next(runs)}"
-            export(items, out, export_models, settings, progress=False)
-            shutil.rmtree(out)
-
-        # Three groups, each interleaved round by round: the cheap batch-1 latencies (many rounds), the throughput
-        # runs, and our top-5 against the naive one. Ratios are taken within each round, then the median.
-        latency = [
-            Variant("forward_baseline", forward("baseline"), []),
-            Variant("forward_cbam", forward("cbam"), []),
-            Variant("compare", lambda: compare(image, plain), []),
-            Variant("compare_familiarity", lambda: compare(image, familiar), []),
-            Variant("top5", lambda: compare(image, models, target="top5"), []),
-        ]
-        throughput = [
-            Variant("batched_forwards", batched_forwards, []),
-            Variant("export_compute", export_compute, []),
-            Variant("export", export_real, []),
-        ]
-        versus = [Variant("top5_again", lambda: compare(image, models, target="top5"), [])]
-        if naive:
-            versus.append(Variant("naive_top5", lambda: naive_top5(models, image), []))
+        latency, throughput, versus = _variants(models, image, familiar, plain, pictures, xs, batch, naive, tmp)
         load_before = os.getloadavg()
         log(f"measuring: batch-1 latencies x {4 * repeats} rounds, throughput x {repeats}, naive top-5 x {repeats}")
         measure(latency, 4 * repeats, sync)
@@ -270,6 +227,95 @@ def benchmark(
         shutil.rmtree(tmp, ignore_errors=True)
 
     variants = latency + throughput + (versus if naive else [])
+    med, s, ratios, fig, fig_best = _figures(variants, familiar, naive)
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "input_size": size,
+        "image_size": list(image_size),
+        "batch": batch,
+        "images": images,
+        "repeats": repeats,
+        "loadavg_before": [round(v, 2) for v in load_before],
+        "loadavg_after": [round(v, 2) for v in load_after],
+        "temp_filesystem": fs,
+        "median_s": med,
+        "samples_s": s,
+        "figures": fig,
+        "ratio_samples": ratios,
+        "figures_from_minimums": fig_best,
+        "goals": {k: {"goal": f"{op} {bound}", "pass": _passes(fig[k], op, bound)} for k, (op, bound) in GOALS.items()},
+    }
+
+
+def _variants(
+    models: dict[str, LoadedModel],
+    image: Image.Image,
+    familiar: dict[str, LoadedModel],
+    plain: dict[str, LoadedModel],
+    pictures: list[Image.Image],
+    xs: dict[str, torch.Tensor],
+    batch: int,
+    naive: bool,
+    tmp: Path,
+) -> tuple[list[Variant], list[Variant], list[Variant]]:
+    """What is timed, in three groups each interleaved round by round (ratios are taken within each round, then the
+    median): the cheap batch-1 latencies (many rounds), the throughput runs (bare batched forwards, the export's
+    computation, the real export of `tmp`/in into `tmp`), and our top-5 against the naive one."""
+    items = discover([str(tmp / "in")])
+    settings = Settings(batch_size=batch)
+    export_models = {k: ExportModel(k, m, "bench", settings.fingerprint(k, "bench")) for k, m in models.items()}
+    device = next(iter(models.values())).device
+    x1 = {k: preprocess([image], m.meta).to(device) for k, m in models.items()}
+    images = len(pictures)
+    runs = iter(range(10**9))
+
+    def forward(key: str) -> Callable[[], object]:
+        def run() -> object:
+            with torch.inference_mode():
+                return models[key].model(x1[key])
+
+        return run
+
+    def batched_forwards() -> None:
+        with torch.inference_mode():
+            for key, loaded in models.items():
+                for i in range(0, images, batch):
+                    loaded.model(xs[key][i : i + batch])
+
+    def export_compute() -> None:
+        for i in range(0, images, batch):
+            run_models(pictures[i : i + batch], models)
+
+    def export_real() -> None:
+        out = tmp / f"out{next(runs)}"
+        export(items, out, export_models, settings, progress=False)
+        shutil.rmtree(out)
+
+    latency = [
+        Variant("forward_baseline", forward("baseline"), []),
+        Variant("forward_cbam", forward("cbam"), []),
+        Variant("compare", lambda: compare(image, plain), []),
+        Variant("compare_familiarity", lambda: compare(image, familiar), []),
+        Variant("top5", lambda: compare(image, models, target="top5"), []),
+    ]
+    throughput = [
+        Variant("batched_forwards", batched_forwards, []),
+        Variant("export_compute", export_compute, []),
+        Variant("export", export_real, []),
+    ]
+    versus = [Variant("top5_again", lambda: compare(image, models, target="top5"), [])]
+    if naive:
+        versus.append(Variant("naive_top5", lambda: naive_top5(models, image), []))
+    return latency, throughput, versus
+
+
+def _figures(variants: list[Variant], familiar: dict[str, LoadedModel], naive: bool) -> tuple[dict, ...]:
+    """Medians and samples of every variant, the ratios round by round, their medians, and the ratios of the least
+    disturbed runs."""
     med = {v.name: v.median for v in variants}
     s = {v.name: v.samples for v in variants}
     # one judge per model in each compare_familiarity call; the first call was the warm-up
@@ -299,27 +345,7 @@ def benchmark(
         "export_ratio": best["batched_forwards"] / best["export"],
         "export_compute_ratio": best["batched_forwards"] / best["export_compute"],
     }
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "input_size": size,
-        "image_size": list(image_size),
-        "batch": batch,
-        "images": images,
-        "repeats": repeats,
-        "loadavg_before": [round(v, 2) for v in load_before],
-        "loadavg_after": [round(v, 2) for v in load_after],
-        "temp_filesystem": fs,
-        "median_s": med,
-        "samples_s": s,
-        "figures": fig,
-        "ratio_samples": ratios,
-        "figures_from_minimums": fig_best,
-        "goals": {k: {"goal": f"{op} {bound}", "pass": _passes(fig[k], op, bound)} for k, (op, bound) in GOALS.items()},
-    }
+    return med, s, ratios, fig, fig_best
 
 
 def _passes(value: float, op: str, bound: float) -> bool:

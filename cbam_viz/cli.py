@@ -13,7 +13,7 @@ from cbam_viz.errors import CbamVizError
 # subcommand -> (module, one-line help). Modules are imported lazily so `--help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
     "app": ("cbam_viz.app.launch", "serve the page that compares the two models, its HTTP API and MCP tools"),
-    "export": ("cbam_viz.export.batch", "export Grad-CAM heatmaps of both models for files, folders or globs"),
+    "export": ("cbam_viz.export.cli", "export Grad-CAM heatmaps of both models for files, folders or globs"),
     "merge": ("cbam_viz.export.merge", "join the manifests of sharded export runs into one"),
     "bench": ("cbam_viz.bench", "measure compare/CAM/export speed against bare forward passes"),
     "data": ("cbam_viz.data.build", "build the stamp-scenes asset pack and its splits, or write them as an ImageFolder"),

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +43,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+ROOT = Path(__file__).resolve().parent.parent
 CLASS_NAMES = ["red square", "green disc", "blue bar", "yellow ring", "white star"]
 INPUT_SIZE = 64
 
@@ -57,6 +63,22 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
+def kill_9_once_saved(args: list[str], saved: Path, timeout: float) -> None:
+    """Run `python -m ARGS` from the checkout (one thread: the same float sums as here) and SIGKILL it as soon as
+    `saved` exists; fails when the run ends first."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while not saved.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
 
 def make_checkpoint(
     path: Path, arch: str, seed: int, input_size: int = INPUT_SIZE, class_names: list[str] | None = None,

@@ -19,7 +19,9 @@ from PIL import Image
 from cbam_viz.cam.engine import compare, fit_within
 from cbam_viz.cli import COMMANDS
 from cbam_viz.export import batch as export
+from cbam_viz.export import cli as export_cli
 from cbam_viz.export import merge as export_merge
+from cbam_viz.export.discover import Item, assign_ids
 from cbam_viz.io.images import load_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +59,7 @@ def run_export(*argv: str | os.PathLike) -> int:
         from cbam_viz.cli import main
 
         return main(["export", *args])
-    return export.main(args)
+    return export_cli.main(args)
 
 
 def run_merge(folder: Path) -> int:
@@ -232,8 +234,8 @@ def test_output_names_are_safe_unique_and_inside_out(tmp_path, tiny_checkpoints)
 
 def test_ids_never_escape_even_for_crafted_paths():
     crafted = (b"../../etc/passwd", b"/abs/x.jpg", b"a/./b.jpg", b"..", b"a\\..\\b.jpg", b"CON.jpg", b"x.jpg", b"X.jpg")
-    items = [export.Item(path="", image="", rel=rel) for rel in crafted]
-    export.assign_ids(items)
+    items = [Item(path="", image="", rel=rel) for rel in crafted]
+    assign_ids(items)
     ids = [it.id for it in items]
     assert len(set(i.casefold() for i in ids)) == len(ids)
     for i in ids:

@@ -31,7 +31,7 @@ from PIL import Image
 from cbam_viz.app.figure_export import ExportFolder
 from cbam_viz.app.studio import Studio
 from cbam_viz.cam.engine import fit_within
-from cbam_viz.export.batch import IMAGE_SUFFIXES
+from cbam_viz.export.discover import IMAGE_SUFFIXES
 from tests import badfiles
 from tests.apphelpers import ROOT, app, app_process, free_port, serve
 from tests.conftest import random_image

@@ -9,17 +9,14 @@ import argparse
 import csv
 import math
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import make_stamps
+from conftest import kill_9_once_saved, make_stamps
 from test_imagefolder import photo_root  # noqa: F401 (a fixture)
 
 from cbam_viz import train as tr
@@ -131,18 +128,7 @@ def test_resume_after_stop_is_exact(data_dir, tmp_path, straight):
 
 def test_resume_after_sigkill_is_exact(data_dir, tmp_path, straight):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cbam_viz.train", *argv(data_dir, out, "--checkpoint-every", "0")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # as here: same float sums
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-        proc.stderr.close()
+    kill_9_once_saved(["cbam_viz.train", *argv(data_dir, out, "--checkpoint-every", "0")], out / "last.pt", 120)
     killed_at = torch.load(out / "last.pt", weights_only=True, mmap=True)["step"]
     assert 1 <= killed_at < STEPS
     resumed = tr.train(parse(["--out", str(out), "--device", "cpu"]))

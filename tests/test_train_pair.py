@@ -4,16 +4,11 @@ after kill -9, finished phases skipped, `--status`, a changed plan refused, and 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_stamps
+from conftest import kill_9_once_saved, make_stamps
 
 from cbam_viz.cli import main
 from cbam_viz.errors import CbamVizError
@@ -81,21 +76,9 @@ def test_rerun_of_a_finished_run_skips_every_phase(straight, data_dir, capsys):
 def test_kill_9_mid_phase_then_rerun_gives_the_same_weights(data_dir, straight, tmp_path):
     out = tmp_path / "runs"
     argv = pair_argv(data_dir, out, "--checkpoint-every", "0")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # one thread, as here: same float sums
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cbam_viz", *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
     # Killed once the CBAM model's first phase has saved a step: mid-phase, with ResNet50's phase 1 finished.
     mid = out / "resnet50-cbam" / pair.RECIPE[0].name
-    try:
-        deadline = time.monotonic() + 300
-        while not (mid / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-        proc.stderr.close()
+    kill_9_once_saved(["cbam_viz", *argv], mid / "last.pt", 300)
     status = pair.phase_status(mid, pair.plan(parse_pair(argv))[0])
     assert 0 < status["done"] < 144 and not status["finished"]
     assert main(pair_argv(data_dir, out)) == 0

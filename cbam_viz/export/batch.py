@@ -1,32 +1,14 @@
-"""Batch export: Grad-CAM overlays (and raw CAMs) of both models for files, folders or globs, with a manifest.
-
-    python -m cbam_viz export photos/ 'more/**/*.jpg' --out cams/ [--shard K/N] [--save-raw] ...
-
-Outputs go to `<out>/<model>/<id>.png` (and `.npy` with --save-raw), where `<id>` is the image's path relative
-to the common root of the inputs with every folder and file name sanitised (so nothing can leave --out), and a
-short hash of the original relative path appended whenever sanitising changed a name or two names would
-collide (same stem, case-insensitive file systems). Every file is written atomically; each finished image's
-rows are appended, fsync'd, to this shard's journal `manifest.shard-K-of-N.jsonl`; `manifest.jsonl` and
-`manifest.csv` are (re)generated from all journals at the end (see `cbam_viz.export.merge`). A rerun skips every
-(image, model) whose row says it succeeded with the same settings and whose files exist, so a killed run
-resumes where it stopped; unreadable images become error rows and are retried on the next run.
-
-`--shard K/N` (or RANK/WORLD_SIZE under torchrun) exports images K, K+N, K+2N, ... of the sorted input list,
-so a Slurm array, a Kubernetes indexed job or torchrun ranks each run the same command into one --out.
-"""
+"""The export itself: settings and their fingerprint, the models, each (image, model)'s files and journal rows, and
+the run over a shard of the inputs (`export`); the command line is `cbam_viz.export.cli`."""
 
 from __future__ import annotations
 
-import argparse
-import glob
 import hashlib
 import json
 import os
 import re
-import sys
 import threading
-import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +19,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cbam_viz.cam.engine import LAYERS, METHODS, ModelResult, check_method_layer, resolve_target, run_models
-from cbam_viz.cam.render import COLORMAPS, check_colormap, overlay
-from cbam_viz.cli import standalone
-from cbam_viz.devices import resolve_device
+from cbam_viz.cam.engine import ModelResult, resolve_target, run_models
+from cbam_viz.cam.render import overlay
 from cbam_viz.errors import CbamVizError
+from cbam_viz.export.discover import Item
 from cbam_viz.export.merge import (
     COLUMNS,
     collect_rows,
@@ -51,13 +32,10 @@ from cbam_viz.export.merge import (
     to_jsonl,
 )
 from cbam_viz.io.checkpoints import MODEL_KEYS, LoadedModel, load_checkpoint
-from cbam_viz.io.fileio import atomic_path, atomic_write_bytes, is_within, sha256_file
+from cbam_viz.io.fileio import atomic_path, atomic_write_bytes, sha256_file
 from cbam_viz.io.images import load_image
-from cbam_viz.io.weights import BUNDLED, WEIGHTS_ENV, weights_folders
+from cbam_viz.io.weights import BUNDLED, weights_folders
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".mpo"}
-)
 DEFAULT_MAX_SIDE = 1024
 # Overlays are encoded by OpenCV with one fixed PNG row filter (SUB) and Huffman-only zlib: several times faster
 # than adaptive filters or PIL's default level at about the same size, since the PNG is the export's largest cost
@@ -68,153 +46,6 @@ PNG_PARAMS = (
     cv2.IMWRITE_PNG_FILTER,
     cv2.IMWRITE_PNG_FILTER_SUB,
 )
-_SAFE_CHARS = re.compile(r"[^\w\-. ]")  # \w: Unicode letters, digits and '_'
-_MAX_COMPONENT_BYTES = 120
-_RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))})
-
-
-# ---------------------------------------------------------------------------------------------- inputs and names
-
-
-@dataclass
-class Item:
-    """One input image: where it is, how the manifest shows it, and its output name."""
-
-    path: str  # what we open (undecodable bytes kept as surrogate escapes, as os.listdir returns them)
-    image: str  # the path as shown in the manifest (undecodable bytes as \xNN)
-    rel: bytes  # path relative to the common input root, '/'-separated, raw bytes
-    id: str = ""  # sanitised, unique output name without extension ("sub/cat", "odd_name-1a2b3c4d")
-
-
-def _show(path: str) -> str:
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _glob_root(pattern: str) -> str:
-    """The folder a glob pattern is anchored at: its components up to the first one with a wildcard."""
-    parts = pattern.split(os.sep)
-    fixed: list[str] = []
-    for part in parts[:-1]:
-        if glob.has_magic(part):
-            break
-        fixed.append(part)
-    root = os.sep.join(fixed)
-    if not root:
-        return os.sep if pattern.startswith(os.sep) else "."
-    return root
-
-
-def _walk(top: str, exclude: str) -> Iterator[str]:
-    """Image files under `top` (recursively, sorted, symlinked folders not followed), never inside `exclude`."""
-    for folder, dirs, files in os.walk(top):
-        dirs[:] = sorted(d for d in dirs if os.path.abspath(os.path.join(folder, d)) != exclude)
-        for name in sorted(files):
-            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                yield os.path.join(folder, name)
-
-
-def discover(inputs: Sequence[str], exclude: str | os.PathLike | None = None) -> list[Item]:
-    """Expand files, folders (recursive) and globs (expanded here, so quoted globs work) into sorted Items.
-
-    A literal path wins over a glob reading of the same string. Folders and glob-matched folders contribute
-    files with an image extension; files named explicitly or matched by a glob are taken as they are (and
-    become error rows if they are not images). The --out folder (`exclude`) is never scanned.
-    """
-    exclude_abs = os.path.abspath(exclude) if exclude is not None else "\0"
-    found: list[tuple[str, str]] = []  # (path, root)
-    roots: list[str] = []
-    for arg in inputs:
-        arg = os.fspath(arg)
-        if os.path.isdir(arg):
-            roots.append(arg)
-            found += [(p, arg) for p in _walk(arg, exclude_abs)]
-        elif os.path.lexists(arg):
-            roots.append(os.path.dirname(arg) or ".")
-            found.append((arg, roots[-1]))
-        elif glob.has_magic(arg):
-            root = _glob_root(arg)
-            matches = sorted(glob.glob(arg, recursive=True))
-            matches = [m for m in matches if not is_within(os.path.abspath(m), exclude_abs)]
-            if not matches:
-                raise CbamVizError(f"no files match {arg!r}")
-            roots.append(root)
-            for match in matches:
-                if os.path.isdir(match):
-                    found += [(p, root) for p in _walk(match, exclude_abs)]
-                else:
-                    found.append((match, root))
-        else:
-            raise CbamVizError(f"input not found: {_show(arg)}")
-    if not found:
-        raise CbamVizError(f"no images found in {', '.join(_show(a) for a in inputs)}")
-    common = os.path.commonpath([os.path.abspath(r) for r in roots])
-    items: dict[str, Item] = {}
-    for path, _ in found:
-        absolute = os.path.abspath(path)
-        if absolute in items:
-            continue
-        rel = os.path.relpath(absolute, common)
-        items[absolute] = Item(path=path, image=_show(path), rel=os.fsencode(rel).replace(os.sep.encode(), b"/"))
-    ordered = sorted(items.values(), key=lambda it: it.rel)
-    assign_ids(ordered)
-    return ordered
-
-
-def _clean(component: bytes) -> tuple[str, bool]:
-    """A safe file or folder name for one raw path component, and whether it differs from the original."""
-    try:
-        text = component.decode("utf-8")
-        altered = False
-    except UnicodeDecodeError:
-        text, altered = component.decode("utf-8", "replace"), True
-    cleaned = _SAFE_CHARS.sub("_", unicodedata.normalize("NFC", text))
-    cleaned = re.sub(r"^[. ]+", lambda m: "_" * len(m[0]), cleaned)  # no '.', '..', hidden or blank-led names
-    cleaned = re.sub(r"[. ]+$", lambda m: "_" * len(m[0]), cleaned)
-    if cleaned.split(".")[0].lower() in _RESERVED:
-        cleaned = "_" + cleaned
-    while len(cleaned.encode("utf-8")) > _MAX_COMPONENT_BYTES:
-        cleaned = cleaned[:-1]
-    cleaned = cleaned or "_"
-    return cleaned, altered or cleaned != text
-
-
-def _short_hash(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()[:8]
-
-
-def assign_ids(items: Sequence[Item]) -> None:
-    """Give every item a unique, safe output id; a hash of its raw relative path marks altered or clashing names."""
-    hashed = []
-    for item in items:
-        *folders, name = item.rel.split(b"/")
-        stem = name.rsplit(b".", 1)[0] if b"." in name[1:] else name
-        parts = [_clean(c) for c in (*folders, stem)]
-        item.id = "/".join(p for p, _ in parts)
-        if any(altered for _, altered in parts):
-            item.id += "-" + _short_hash(item.rel)
-            hashed.append(True)
-        else:
-            hashed.append(False)
-    while True:  # clashes: same id up to case, or a file output named like a folder of another id
-        groups: dict[str, list[int]] = {}
-        for index, item in enumerate(items):
-            groups.setdefault(item.id.casefold(), []).append(index)
-        folders = {
-            "/".join(item.id.casefold().split("/")[:depth])
-            for item in items
-            for depth in range(1, item.id.count("/") + 1)
-        }
-        clashes = [i for group in groups.values() if len(group) > 1 for i in group if not hashed[i]]
-        clashes += [
-            i
-            for i, item in enumerate(items)
-            if not hashed[i] and any(item.id.casefold() + ext in folders for ext in (".png", ".npy"))
-        ]
-        if not clashes:
-            return
-        for index in set(clashes):
-            items[index].id += "-" + _short_hash(items[index].rel)
-            hashed[index] = True
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -573,97 +404,3 @@ def _all_shards_done(out: Path, n: int, fingerprint: str) -> bool:
         if marker.get("inputs") != fingerprint:
             return False
     return True
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reruns resume)")
-    parser.add_argument("--method", default="gradcam", help=f"CAM method: {', '.join(METHODS)} (default gradcam)")
-    parser.add_argument("--layer", default="layer4", help=f"layer to explain: {', '.join(LAYERS)} (default layer4)")
-    parser.add_argument("--target", default="top1", help="class to explain: top1, a class name or an index")
-    parser.add_argument("--models", default=",".join(MODEL_KEYS), help="which models: baseline,cbam (default both)")
-    for key in MODEL_KEYS:
-        bundled = f"the bundled {BUNDLED[key].file_name}, looked for in ${WEIGHTS_ENV}, then the checkout's weights/"
-        parser.add_argument(f"--{key}", metavar="PATH", help=f"{key} checkpoint (default: {bundled})")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument(
-        "--size", type=int, help=f"overlays' max side (default: the image's, at most {DEFAULT_MAX_SIDE})"
-    )
-    parser.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity 0..1 (default 0.5)")
-    parser.add_argument("--colormap", default="jet", help=f"matplotlib colormap, e.g. {', '.join(COLORMAPS)}")
-    parser.add_argument("--save-raw", action="store_true", help="also save each raw CAM as .npy (T, h, w) float32")
-    parser.add_argument(
-        "--shard", metavar="K/N", help="export only slice K of N (default: RANK/WORLD_SIZE under torchrun, else all)"
-    )
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    method, layer = check_method_layer(args.method, args.layer)
-    if args.batch_size < 1:
-        raise CbamVizError("--batch-size must be at least 1")
-    if args.workers < 1:
-        raise CbamVizError("--workers must be at least 1")
-    if args.size is not None and args.size < 1:
-        raise CbamVizError("--size must be a positive number of pixels")
-    if not 0.0 <= args.opacity <= 1.0:
-        raise CbamVizError("--opacity must be between 0 and 1")
-    check_colormap(args.colormap)
-    return Settings(
-        method=method,
-        layer=layer,
-        target=str(args.target),
-        max_side=args.size or DEFAULT_MAX_SIDE,
-        opacity=args.opacity,
-        colormap=args.colormap,
-        save_raw=args.save_raw,
-        batch_size=args.batch_size,
-        workers=args.workers,
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    shard = parse_shard(args.shard)
-    keys = parse_models(args.models)
-    device = resolve_device(args.device)
-    items = discover(args.inputs, exclude=args.out)  # bad inputs fail before the models load
-    models = load_models(keys, {"baseline": args.baseline, "cbam": args.cbam}, device, settings)
-    try:
-        summary = export(items, args.out, models, settings, shard, progress=not args.no_progress)
-    except OSError as err:  # disk full, read-only or vanished output folder: finished work stays, none half-written
-        reason = err.strerror or str(err)
-        raise CbamVizError(
-            f"cannot write the export to {args.out}: {reason}. Images already finished are complete and kept; "
-            "nothing half-written is left. Free space or fix the folder, then rerun the same command to continue."
-        ) from None
-    for warning in summary.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-    print(
-        f"{summary.exported - summary.errors} image(s) exported{where}, {summary.skipped} already done, "
-        f"{summary.errors} unreadable (error rows in the manifest; retried on the next run) -> {Path(args.out)}"
-    )
-    if shard[1] > 1 and not summary.merged:
-        print(f"when every shard has finished: python -m cbam_viz merge {Path(args.out)}")
-    if summary.exported and summary.errors == summary.exported and not summary.skipped:
-        print(
-            f"error: none of the {summary.errors} input image(s) could be read; the manifest's error column says why",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`export` on its own, with the CLI's error handling (tests; `python -m cbam_viz.export.batch`)."""
-    return standalone(sys.modules[__name__], argv, "python -m cbam_viz export")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -38,7 +38,8 @@ from cbam_viz.cli import standalone
 from cbam_viz.data.source import DataSource, open_data, scenes_to_tensors
 from cbam_viz.train.config import BEST, FINAL, LAST, METRIC_COLUMNS, Config, TrainError, add_arguments, resolve_config
 from cbam_viz.train.data import StepBatches, rank_indices
-from cbam_viz.train.loop import Trainer, TrainResult, evaluate, run, train
+from cbam_viz.train.evaluation import evaluate
+from cbam_viz.train.loop import Trainer, TrainResult, run, train
 
 __all__ = [
     "BEST", "FINAL", "LAST", "METRIC_COLUMNS", "Config", "DataSource", "StepBatches", "TrainError", "TrainResult",

@@ -80,26 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "values."
     )
     parser.add_argument("--arch", choices=ARCHS, help="architecture (required for a new run)")
-    cbam = parser.add_argument_group(
-        "CBAM options (-cbam architectures; the defaults are the paper's final design, the others its ablations)"
-    )
-    cbam.add_argument("--reduction", type=_positive_int, help="channel MLP reduction ratio r (default: 16)")
-    cbam.add_argument(
-        "--channel-pool", choices=tuple(CHANNEL_POOLS), help="descriptors of the channel gate (default: avg+max)"
-    )
-    cbam.add_argument(
-        "--spatial-pool", choices=SPATIAL_POOLS,
-        help="spatial descriptor: mean and max over channels, or a learned 1x1 convolution (default: avg+max)",
-    )  # fmt: skip
-    cbam.add_argument(
-        "--spatial-kernel", dest="kernel_size", type=int, choices=KERNEL_SIZES,
-        help="the spatial gate's convolution size (default: 7)",
-    )  # fmt: skip
-    cbam.add_argument(
-        "--arrangement", choices=ARRANGEMENTS,
-        help="channel then spatial gate, spatial then channel, both in parallel, or the channel gate only "
-        "(default: channel-spatial)",
-    )  # fmt: skip
+    _add_cbam_arguments(parser)
     parser.add_argument(
         "--data", type=Path,
         help="a folder written by `data build --out` (stamp scenes), or a photo folder: train/ and val/ as ImageFolder "
@@ -142,6 +123,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="random init only: zero each residual branch's last BN weight (default: on); --no-zero-init-residual "
         "starts them at 1, as the official CBAM code does",
     )  # fmt: skip
+    _add_runtime_arguments(parser)
+
+
+def _add_cbam_arguments(parser: argparse.ArgumentParser) -> None:
+    """The CBAM design options (a new run of a -cbam architecture; the paper's design by default)."""
+    cbam = parser.add_argument_group(
+        "CBAM options (-cbam architectures; the defaults are the paper's final design, the others its ablations)"
+    )
+    cbam.add_argument("--reduction", type=_positive_int, help="channel MLP reduction ratio r (default: 16)")
+    cbam.add_argument(
+        "--channel-pool", choices=tuple(CHANNEL_POOLS), help="descriptors of the channel gate (default: avg+max)"
+    )
+    cbam.add_argument(
+        "--spatial-pool", choices=SPATIAL_POOLS,
+        help="spatial descriptor: mean and max over channels, or a learned 1x1 convolution (default: avg+max)",
+    )  # fmt: skip
+    cbam.add_argument(
+        "--spatial-kernel", dest="kernel_size", type=int, choices=KERNEL_SIZES,
+        help="the spatial gate's convolution size (default: 7)",
+    )  # fmt: skip
+    cbam.add_argument(
+        "--arrangement", choices=ARRANGEMENTS,
+        help="channel then spatial gate, spatial then channel, both in parallel, or the channel gate only "
+        "(default: channel-spatial)",
+    )  # fmt: skip
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a run is executed (not part of the trained model's recipe)."""
     parser.add_argument(
         "--workers", type=int,
         help="data-loading processes per training process (default: 1 on CPU, 6 on CUDA; on the CPU they run in "
@@ -247,51 +257,9 @@ def resolve_config(
         explicit["steps"] = math.ceil(args.images / batch) if batch > 0 else 0
 
     if saved:
-        # Runs saved before --init / --zero-init-residual / --target-scale / the CBAM options / --augment existed
-        # started from random zero-init-residual weights, drew their targets at the default sizes, had the paper's
-        # CBAM design and trained on stamp scenes (no --augment).
-        default_cbam = CBAMConfig().to_dict() if parse_arch(saved["arch"])[1] else None
-        saved = {"init": "", "zero_init_residual": True, "target_scale": TARGET_SCALE, "cbam": default_cbam,
-                 "augment": "none", **saved}  # fmt: skip
-        changed = [
-            f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key] if saved[key] != '' else 'none'})"
-            for key in RECIPE_KEYS
-            if explicit.get(key) is not None and explicit[key] != saved[key]
-        ]
-        changed += _cbam_changes(cbam_given, saved["cbam"], "the run")
-        if changed:
-            raise TrainError(
-                f"{Path(args.out) / LAST} was trained with other settings: {'; '.join(changed)}. Leave these options "
-                "out to continue it, or start a new run (another --out, or --no-resume to replace this one)"
-            )
-        values = {key: saved[key] for key in RECIPE_KEYS}
-        values["cbam"] = CBAMConfig.from_dict(saved["cbam"]) if saved["cbam"] is not None else None
+        values = _resumed_values(args, explicit, cbam_given, saved)
     else:
-        if explicit["arch"] is None:
-            raise TrainError(f"--arch (or --init) is required for a new run ({', '.join(ARCHS)})")
-        values = {
-            "arch": explicit["arch"],
-            "batch_size": batch,
-            "steps": explicit.get("steps") or (math.ceil(DEFAULT_IMAGES / batch) if batch > 0 else 0),
-            "lr": explicit["lr"] if explicit["lr"] is not None else BASE_LR * batch / LR_REFERENCE_BATCH,
-            "warmup": explicit["warmup"] if explicit["warmup"] is not None else DEFAULT_WARMUP,
-            "weight_decay": explicit["weight_decay"] if explicit["weight_decay"] is not None else DEFAULT_WEIGHT_DECAY,
-            "label_smoothing": (
-                explicit["label_smoothing"] if explicit["label_smoothing"] is not None else DEFAULT_LABEL_SMOOTHING
-            ),
-            "size": explicit["size"] if explicit["size"] is not None else DEFAULT_SIZE[device],
-            "seed": explicit["seed"] if explicit["seed"] is not None else 0,
-            "init": explicit["init"] or "",
-            "zero_init_residual": explicit["zero_init_residual"] is not False,
-            "target_scale": explicit["target_scale"] or TARGET_SCALE,
-            "augment": explicit["augment"] or "none",
-            "cbam": _new_cbam(explicit["arch"], cbam_given, init_cbam),
-        }
-        if explicit["init"] and explicit["zero_init_residual"] is not None:
-            raise TrainError(
-                "--zero-init-residual / --no-zero-init-residual choose the random init; --init starts from a "
-                "checkpoint's weights: give one or the other"
-            )
+        values = _new_values(explicit, cbam_given, batch, device, init_cbam)
     data = args.data or (Path(saved["data"]) if saved.get("data") else Path("data/stamps"))
     eval_every = args.eval_every or saved.get("eval_every") or DEFAULT_EVAL_EVERY
     workers = args.workers if args.workers is not None else (1 if device == "cpu" else 6)
@@ -310,6 +278,60 @@ def resolve_config(
     )
     _validate(cfg, world_size)
     return cfg
+
+
+def _resumed_values(args: argparse.Namespace, explicit: dict, cbam_given: dict, saved: dict) -> dict:
+    """The recipe of a run being resumed: its saved settings, which explicit options must not change."""
+    # Runs saved before --init / --zero-init-residual / --target-scale / the CBAM options / --augment existed
+    # started from random zero-init-residual weights, drew their targets at the default sizes, had the paper's
+    # CBAM design and trained on stamp scenes (no --augment).
+    default_cbam = CBAMConfig().to_dict() if parse_arch(saved["arch"])[1] else None
+    saved = {"init": "", "zero_init_residual": True, "target_scale": TARGET_SCALE, "cbam": default_cbam,
+             "augment": "none", **saved}  # fmt: skip
+    changed = [
+        f"--{key.replace('_', '-')} {explicit[key]} (the run has {saved[key] if saved[key] != '' else 'none'})"
+        for key in RECIPE_KEYS
+        if explicit.get(key) is not None and explicit[key] != saved[key]
+    ]
+    changed += _cbam_changes(cbam_given, saved["cbam"], "the run")
+    if changed:
+        raise TrainError(
+            f"{Path(args.out) / LAST} was trained with other settings: {'; '.join(changed)}. Leave these options "
+            "out to continue it, or start a new run (another --out, or --no-resume to replace this one)"
+        )
+    values = {key: saved[key] for key in RECIPE_KEYS}
+    values["cbam"] = CBAMConfig.from_dict(saved["cbam"]) if saved["cbam"] is not None else None
+    return values
+
+
+def _new_values(explicit: dict, cbam_given: dict, batch: int, device: str, init_cbam: CBAMConfig | None) -> dict:
+    """The recipe of a new run: explicit options over the defaults."""
+    if explicit["arch"] is None:
+        raise TrainError(f"--arch (or --init) is required for a new run ({', '.join(ARCHS)})")
+    values = {
+        "arch": explicit["arch"],
+        "batch_size": batch,
+        "steps": explicit.get("steps") or (math.ceil(DEFAULT_IMAGES / batch) if batch > 0 else 0),
+        "lr": explicit["lr"] if explicit["lr"] is not None else BASE_LR * batch / LR_REFERENCE_BATCH,
+        "warmup": explicit["warmup"] if explicit["warmup"] is not None else DEFAULT_WARMUP,
+        "weight_decay": explicit["weight_decay"] if explicit["weight_decay"] is not None else DEFAULT_WEIGHT_DECAY,
+        "label_smoothing": (
+            explicit["label_smoothing"] if explicit["label_smoothing"] is not None else DEFAULT_LABEL_SMOOTHING
+        ),
+        "size": explicit["size"] if explicit["size"] is not None else DEFAULT_SIZE[device],
+        "seed": explicit["seed"] if explicit["seed"] is not None else 0,
+        "init": explicit["init"] or "",
+        "zero_init_residual": explicit["zero_init_residual"] is not False,
+        "target_scale": explicit["target_scale"] or TARGET_SCALE,
+        "augment": explicit["augment"] or "none",
+        "cbam": _new_cbam(explicit["arch"], cbam_given, init_cbam),
+    }
+    if explicit["init"] and explicit["zero_init_residual"] is not None:
+        raise TrainError(
+            "--zero-init-residual / --no-zero-init-residual choose the random init; --init starts from a "
+            "checkpoint's weights: give one or the other"
+        )
+    return values
 
 
 def _cbam_changes(given: dict, have: dict | None, owner: str) -> list[str]:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -19,29 +16,25 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cbam_viz.data.imagefolder import UNREADABLE, unreadable_line
+from cbam_viz.data.imagefolder import unreadable_line
 from cbam_viz.data.source import DataSource, open_data
 from cbam_viz.io.checkpoints import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    CheckpointError,
     LoadedModel,
     ModelMeta,
-    load_checkpoint,
     preview_names,
     save_checkpoint,
 )
 from cbam_viz.io.fileio import atomic_path
 from cbam_viz.nn.resnet import DISPLAY_NAMES, build_model
 from cbam_viz.train.config import (
-    BASE_LR,
     BEST,
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     CURVES_PNG,
     FINAL,
     LAST,
-    LR_REFERENCE_BATCH,
     METRICS_CSV,
     MOMENTUM,
     Config,
@@ -50,58 +43,11 @@ from cbam_viz.train.config import (
 )
 from cbam_viz.train.data import StepBatches, worker_init
 from cbam_viz.train.distributed import Dist, all_reduce, broadcast_flag, gather_notes, setup_distributed
+from cbam_viz.train.evaluation import VAL_BATCH, autocast, evaluate, prepare
 from cbam_viz.train.optim import lr_factor, param_groups
+from cbam_viz.train.provenance import init_summary, load_init, recipe
 from cbam_viz.train.run_files import load_last, write_curves, write_metrics_csv
-
-VAL_BATCH = 64  # validation images per forward pass
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context of a run's precision ("fp32" turns it off)."""
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def prepare(images: torch.Tensor, device: torch.device, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW -> normalised float32, channels_last, on `device`."""
-    x = images.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    batches: Iterable,
-    precision: str,
-    device: torch.device,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-) -> tuple[float, float, int, list[str]]:
-    """Top-1 and top-5 accuracy (%) of the validation batches (images, labels, notes), summed over all ranks'
-    shards, and this rank's notes of unreadable images (which are left out)."""
-    was_training = model.training
-    model.eval()
-    correct1 = correct5 = seen = 0
-    notes: list[str] = []
-    for images, labels, batch_notes in batches:
-        notes += [note for note in batch_notes if note]
-        keep = labels != UNREADABLE
-        if not keep.any():
-            continue
-        x = prepare(images[keep], device, mean, std)
-        y = labels[keep].to(device)
-        with autocast(device, precision):
-            logits = model(x)
-        top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == y[:, None]
-        correct1 += int(hits[:, 0].sum())
-        correct5 += int(hits.any(dim=1).sum())
-        seen += len(y)
-    model.train(was_training)
-    c1, c5, n = all_reduce([correct1, correct5, seen], device)
-    n = int(n)
-    return (100.0 * c1 / n if n else float("nan"), 100.0 * c5 / n if n else float("nan"), n, notes)
+from cbam_viz.train.stop import StopRequest
 
 
 @dataclass
@@ -114,29 +60,6 @@ class TrainResult:
     completed: bool
     history: list[dict] = field(default_factory=list)
     unreadable: dict[str, list[str]] = field(default_factory=dict)  # split -> notes of its unreadable files, all ranks
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag the loop checks at step boundaries; a second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.previous: dict[int, object] = {}
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,7 +91,7 @@ class Trainer:
         saved = load_last(self.last_path) if args.resume and self.last_path.is_file() else None
         init = None
         if saved is None and getattr(args, "init", None):
-            init = _load_init(Path(args.init), args.arch)
+            init = load_init(Path(args.init), args.arch)
             args = argparse.Namespace(**{**vars(args), "arch": args.arch or init.meta.arch})
         self.cfg = cfg = resolve_config(
             args, saved["config"] if saved else None, device.type, ctx.world, init.meta.cbam if init else None
@@ -184,7 +107,7 @@ class Trainer:
         self.init_info = saved.get("init", {}) if saved else {}
         if init is not None:
             model.load_state_dict(init.model.state_dict())
-            self.init_info = _init_summary(init)
+            self.init_info = init_summary(init)
             del init
         self.model = model.to(device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
@@ -304,48 +227,7 @@ class Trainer:
 
     def recipe(self, row: dict) -> dict:
         """The checkpoint's `recipe` metadata at the evaluation `row`."""
-        cfg, info = self.cfg, self.init_info
-        return {
-            "arch": cfg.arch,
-            "optimizer": "SGD",
-            "nesterov": True,
-            "momentum": MOMENTUM,
-            "lr": cfg.lr,
-            "lr_rule": (
-                f"{BASE_LR} x batch/{LR_REFERENCE_BATCH}"
-                if math.isclose(cfg.lr, BASE_LR * cfg.batch_size / LR_REFERENCE_BATCH)
-                else "set with --lr"
-            ),
-            "schedule": "linear warmup, then cosine to 0 (per step)",
-            "warmup": cfg.warmup,
-            "warmup_steps": cfg.warmup_steps,
-            "weight_decay": cfg.weight_decay,
-            "weight_decay_on": "conv and linear weights (not BN, not biases)",
-            "label_smoothing": cfg.label_smoothing,
-            "batch_size": cfg.batch_size,
-            "steps": cfg.steps,
-            "planned_images": cfg.total_images,
-            "images_seen": row["images"],
-            "images_total": info.get("images_total", 0) + row["images"],
-            "step": row["step"],
-            "size": cfg.size,
-            "seed": cfg.seed,
-            "init": info or "random (torchvision init)",
-            # How the chain's random init was done (checkpoints from before the option all used zero init).
-            "zero_init_residual": info.get("zero_init_residual", True) if info else cfg.zero_init_residual,
-            "augmentation": self.data.augmentation,
-            "augment": cfg.augment,
-            "target_scale": list(cfg.target_scale),
-            "precision": cfg.precision,
-            "channels_last": True,
-            "compiled": cfg.compile,
-            "device": _device_name(self.device),
-            "world_size": self.ctx.world,
-            "workers": cfg.workers,
-            "wall_time_s": round(row["elapsed_s"], 1),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        }
+        return recipe(self.cfg, self.init_info, self.data.augmentation, self.device, self.ctx.world, row)
 
     def meta(self, row: dict) -> ModelMeta:
         """The metadata a checkpoint saved at the evaluation `row` carries."""
@@ -502,7 +384,7 @@ class Trainer:
         self.started = time.monotonic()
         lr = self.optimizer.param_groups[0]["lr"]
         try:
-            with _StopRequest() as stop:
+            with StopRequest() as stop:
                 self.net.train()
                 done_here, lr, completed = self._loop(iter(loader), stop, stop_after, lr, completed)
             self.bar.close()
@@ -515,7 +397,7 @@ class Trainer:
             dist.barrier()
         return TrainResult(self.model, cfg, self.step, completed, self.history, dict(self.reported))
 
-    def _loop(self, batches, stop: _StopRequest, stop_after: int | None, lr: float, completed: bool):
+    def _loop(self, batches, stop: StopRequest, stop_after: int | None, lr: float, completed: bool):
         cfg, ctx = self.cfg, self.ctx
         flush_every = 1 if self.device.type == "cpu" else 10  # host syncs (loss check, stop agreement) are rarer on GPUs
         last_save = time.monotonic()
@@ -595,28 +477,3 @@ class Trainer:
         )
 
 
-def _load_init(path: Path, arch: str | None) -> LoadedModel:
-    """The checkpoint named by --init, as a TrainError when it cannot serve."""
-    try:
-        return load_checkpoint(path, "cpu", arch)
-    except CheckpointError as err:
-        raise TrainError(f"--init: {err}") from None
-
-
-def _init_summary(init: LoadedModel) -> dict:
-    """What the recipe records about the checkpoint a run started from (primitives only: it goes into last.pt)."""
-    recipe = init.meta.recipe
-    before = int(recipe.get("images_total") or recipe.get("images_seen") or 0)
-    summary = {"checkpoint": Path(init.meta.source).name, "images_total": before}
-    for key in ("lr", "steps", "batch_size", "size", "wall_time_s", "zero_init_residual"):
-        if key in recipe:
-            summary[key] = recipe[key]
-    if init.meta.dataset.get("pack_hash"):
-        summary["pack_hash"] = str(init.meta.dataset["pack_hash"])
-    return summary
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
