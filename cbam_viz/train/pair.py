@@ -45,7 +45,7 @@ class Phase:
 # pattern the app shows. Phase 1's peak lr is half of `train`'s default, which leaned on zero-init residual branches.
 RECIPE = (
     Phase("1-112px", size=112, images=144_000, lr=0.05, warmup=0.05, seed=0, eval_every=16_000),
-    Phase("2-224px", size=224, images=48_000, lr=0.02, warmup=0.05, seed=1, eval_every=8_000),
+    Phase("2-224px", size=224, images=64_000, lr=0.02, warmup=0.05, seed=1, eval_every=8_000),
 )
 
 
