@@ -6,14 +6,14 @@
 # Build arguments (tests/test_docker.py builds with both where no registry or PyTorch index is reachable):
 #   BASE_IMAGE       any Debian-based image with python3 (3.11) and its venv module; the default is the
 #                    official slim image. Behind a proxy that re-signs TLS, use a base that trusts its CA.
-#   TORCH_INDEX_URL  where torch and torchvision come from: the PyTorch CPU index by default (a far smaller
-#                    image, no CUDA libraries); empty (--build-arg TORCH_INDEX_URL=) takes them from pip's own
-#                    index, whose build of the same versions carries CUDA (about 4 GB more), still run on the CPU.
+#   TORCH_INDEX_URL  where torch and torchvision come from: empty (the default) takes them from pip's own index,
+#                    whose build carries CUDA (still run on the CPU here); PyTorch's CPU wheel index (its address is
+#                    on pytorch.org's install page) gives a far smaller image, and the build then checks for no CUDA.
 #   PIP_INDEX_URL    optional: the index for everything else (pip reads it from the environment).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_INDEX_URL=
 ARG PIP_INDEX_URL
 
 # The venv gives every base the same `python` and a pip that may install (Debian's own python3 is

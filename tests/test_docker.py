@@ -108,7 +108,7 @@ def test_dockerfile_facts():
     args = dict(a.split("=", 1) if "=" in a else (a, None) for a in get("ARG"))
     assert get("FROM") == ["${BASE_IMAGE}"]
     assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", args["BASE_IMAGE"]), args
-    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert args["TORCH_INDEX_URL"] == ""  # pip's own index unless a CPU wheel index is given
     text = DOCKERFILE.read_text()
     assert 'then export PIP_INDEX_URL="${TORCH_INDEX_URL}"; fi' in text  # empty: pip's own index
     # the torch / torchvision pins follow requirements.txt's
@@ -211,7 +211,6 @@ DOCKER_ROOT = Path(os.environ.get("CBAM_VIZ_DOCKER_ROOT") or Path.home() / ".cac
 APT_SOURCES = Path("/etc/apt")
 BASE_PACKAGES = "python3,python3-pip,python3-venv,ca-certificates"
 LOCAL_CAS = Path("/usr/local/share/ca-certificates")  # Debian's folder for the CAs a host adds to its trust
-CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 IMAGE = "cbam-studio:test"
 SCENE = ROOT / "examples" / "green_disc.png"
 
@@ -344,15 +343,9 @@ def pip_index() -> str | None:
 
 
 def torch_index() -> str | None:
-    """The TORCH_INDEX_URL to build with: $CBAM_VIZ_TORCH_INDEX_URL, else None (the Dockerfile's CPU index) when
-    that index answers, else "" (pip's own index, or PIP_INDEX_URL where given, which serves the CUDA build)."""
-    if os.environ.get("CBAM_VIZ_TORCH_INDEX_URL"):
-        return os.environ["CBAM_VIZ_TORCH_INDEX_URL"]
-    try:
-        urllib.request.urlopen(f"{CPU_INDEX}/torch/", timeout=10).close()
-        return None
-    except OSError:
-        return ""
+    """The TORCH_INDEX_URL to build with: $CBAM_VIZ_TORCH_INDEX_URL (e.g. PyTorch's CPU wheel index), else None: the
+    Dockerfile's default, pip's own index (or PIP_INDEX_URL where given)."""
+    return os.environ.get("CBAM_VIZ_TORCH_INDEX_URL") or None
 
 
 def debian_mirror(apt: Path = APT_SOURCES) -> str:
@@ -389,7 +382,7 @@ def wait_healthy(docker: Docker, container: str, timeout: float) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.timeout(3600)  # a cold build downloads torch (the CUDA build: about 4 GB where the CPU index is out)
+@pytest.mark.timeout(3600)  # a cold build downloads torch (from pip's index: the CUDA build, about 4 GB)
 def test_the_built_image_serves_compare_as_a_non_root_user(docker, tmp_path, capsys):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
@@ -455,6 +448,6 @@ def test_the_built_image_serves_compare_as_a_non_root_user(docker, tmp_path, cap
         docker("rm", "-f", name, check=False)
         docker("image", "prune", "-f", check=False, timeout=300)  # earlier builds' untagged layers
     with capsys.disabled():
-        print(f"\n[docker] torch from {index or CPU_INDEX} (CUDA {cuda}); build {build_seconds:.0f} s; "
+        print(f"\n[docker] torch from {index or 'pip index'} (CUDA {cuda}); build {build_seconds:.0f} s; "
               f"image {size_gb:.2f} GB; cold start to healthy {cold_start:.1f} s; app RSS after two requests "
               f"{int(rss_kb) / 1024:.0f} MiB; stop {stop_seconds:.1f} s")
