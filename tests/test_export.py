@@ -1,4 +1,4 @@
-"""Batch export: outputs, manifest, error rows, resume, kill -9, shards + merge, safe names, argument errors."""
+"""Batch export: outputs, manifest, skipped files, resume, kill -9, shards + merge, safe names, bad arguments."""
 
 from __future__ import annotations
 
@@ -89,10 +89,28 @@ def manifest(out: Path) -> list[dict]:
 
 
 def journal_rows(out: Path) -> list[dict]:
-    rows = []
+    rows = export_merge.read_journal(out / export_merge.PROGRESS_JOURNAL)
     for _, _, path in export_merge.journals(out):
         rows += export_merge.read_journal(path)
     return rows
+
+
+def all_files(out: Path) -> set[str]:
+    """Every file under `out`, hidden ones included, relative and '/'-separated."""
+    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+
+
+def record_appends(monkeypatch) -> list[tuple[str, str]]:
+    """(id, model) of every row the export journals from now on, in order."""
+    appended: list[tuple[str, str]] = []
+    real = export.Journal.append
+
+    def append(self, rows):
+        real(self, rows)
+        appended.extend((row["id"], row["model"]) for row in rows)
+
+    monkeypatch.setattr(export.Journal, "append", append)
+    return appended
 
 
 def output_files(out: Path) -> dict[str, Path]:
@@ -111,7 +129,8 @@ def test_export_end_to_end(tmp_path, tiny_checkpoints, tiny_models, capsys):
     out = tmp_path / "out"
 
     assert run_export(src, "--out", out, "--size", "64", "--save-raw", *weights(tiny_checkpoints)) == 0
-    assert "1 unreadable" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 unreadable" in printed and "1 file(s) skipped (not images: notes.txt)" in printed
 
     rows = manifest(out)
     assert [(r["id"], r["model"]) for r in rows] == [
@@ -147,26 +166,27 @@ def test_export_end_to_end(tmp_path, tiny_checkpoints, tiny_models, capsys):
     assert not list(out.rglob("*.part"))
 
 
-def test_resume_skips_finished_work_and_redoes_only_missing_outputs(tmp_path, tiny_checkpoints, capsys):
+def test_resume_skips_finished_work_and_redoes_only_missing_outputs(tmp_path, tiny_checkpoints, capsys, monkeypatch):
     src = tmp_path / "in"
     make_images(src, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
     out = tmp_path / "out"
     argv = [src, "--out", out, "--batch-size", "3", *weights(tiny_checkpoints)]
+    appended = record_appends(monkeypatch)
     assert run_export(*argv) == 0
-    before, rows_before = mtimes(out), len(journal_rows(out))
-    assert len(before) == 8 and rows_before == 8
+    before, rows_before = mtimes(out), manifest(out)
+    assert len(before) == 8 and len(appended) == len(rows_before) == 8
 
-    assert run_export(*argv) == 0  # nothing to do
+    appended.clear()
+    assert run_export(*argv) == 0  # nothing to do: the finished run's manifest says so
     assert "0 image(s) exported, 4 already done" in capsys.readouterr().out
-    assert mtimes(out) == before and len(journal_rows(out)) == rows_before
+    assert mtimes(out) == before and appended == [] and manifest(out) == rows_before
 
     (out / "cbam" / "c.png").unlink()
     assert run_export(*argv) == 0
     after = mtimes(out)
     changed = {k for k in after if after[k] != before.get(k)}
     assert changed == {"cbam/c.png"}
-    new_rows = journal_rows(out)[rows_before:]
-    assert [(r["id"], r["model"]) for r in new_rows] == [("c", "cbam")]
+    assert appended == [("c", "cbam")]
     assert len(manifest(out)) == 8
 
     # other settings make every row stale: a different colormap redoes everything
@@ -200,6 +220,79 @@ def test_shards_together_equal_a_single_run(tmp_path, tiny_checkpoints):
             assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(files_b[rel]))), rel
         else:
             assert np.array_equal(np.load(path), np.load(files_b[rel])), rel
+
+
+def test_a_run_without_shard_leaves_only_its_results_and_the_manifest(tmp_path, tiny_checkpoints):
+    src = tmp_path / "in"
+    make_images(src, ["a.jpg", "sub/b.png"])
+    out = tmp_path / "out"
+    argv = [src, "--out", out, "--save-raw", *weights(tiny_checkpoints)]
+    expected = {f"{m}/{i}.{ext}" for m in ("baseline", "cbam") for i in ("a", "sub/b") for ext in ("png", "npy")}
+    expected |= {"manifest.jsonl", "manifest.csv"}
+    assert run_export(*argv) == 0
+    assert all_files(out) == expected  # no shard journal, no .done marker, no hidden progress file
+
+    (out / "cbam" / "a.png").unlink()
+    # a journal of shard 0 of 1 covers what a run without --shard does: its rows count, and the run removes it
+    (out / export_merge.part_name(0, 1)).write_bytes((out / "manifest.jsonl").read_bytes())
+    (out / export_merge.done_name(0, 1)).write_text("{}")
+    assert run_export(*argv) == 0
+    assert all_files(out) == expected and len(manifest(out)) == 4
+
+
+def test_an_interrupted_run_without_shard_resumes_from_its_hidden_progress(tmp_path, tiny_checkpoints, monkeypatch):
+    src = tmp_path / "in"
+    make_images(src, ["a.jpg", "b.jpg", "c.jpg"])
+    out = tmp_path / "out"
+    argv = [src, "--out", out, "--batch-size", "1", *weights(tiny_checkpoints)]
+    real_write, calls = export.write_outputs, {"n": 0}
+
+    def interrupted_write(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:  # both models of the first image, then Ctrl-C
+            raise KeyboardInterrupt
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(export, "write_outputs", interrupted_write)
+    assert run_export(*argv) == 130
+    progress = out / export_merge.PROGRESS_JOURNAL
+    assert [(r["id"], r["model"]) for r in export_merge.read_journal(progress)] == [("a", "baseline"), ("a", "cbam")]
+    assert all_files(out) == {"baseline/a.png", "cbam/a.png", export_merge.PROGRESS_JOURNAL}
+
+    monkeypatch.setattr(export, "write_outputs", real_write)
+    appended = record_appends(monkeypatch)
+    assert run_export(*argv) == 0
+    assert appended == [(i, m) for i in ("b", "c") for m in ("baseline", "cbam")]
+    assert not progress.exists() and len(manifest(out)) == 6
+
+
+def test_merge_of_an_unfinished_run_without_shard_keeps_its_progress_and_warns(tmp_path, capsys):
+    row = dict.fromkeys(export_merge.COLUMNS) | {"id": "a", "model": "cbam", "image": "in/a.jpg"}
+    (tmp_path / export_merge.PROGRESS_JOURNAL).write_bytes(export_merge.to_jsonl([row]))
+    assert run_merge(tmp_path) == 0 and "export run without --shard has not finished" in capsys.readouterr().err
+    assert manifest(tmp_path) == [row] and (tmp_path / export_merge.PROGRESS_JOURNAL).exists()
+
+
+def test_summary_counts_and_names_the_files_it_skips(tmp_path, tiny_checkpoints, capsys):
+    src = tmp_path / "in"
+    make_images(src, ["a.jpg"])
+    for name in ("data.csv", "notes.txt", "sub/readme.md", "sub/y.yaml", "sub/z.json"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text("not an image")
+    out = src / "cams"
+    # notes.txt, named on its own, is taken as it is (an error row), so it is not among the skipped files
+    argv = [src, src / "notes.txt", "--out", out, "--models", "cbam", *weights(tiny_checkpoints)]
+    assert run_export(*argv) == 0
+    printed = capsys.readouterr().out
+    assert "1 image(s) exported, 0 already done, 1 unreadable" in printed
+    assert "4 file(s) skipped (not images: data.csv, sub/readme.md, sub/y.yaml, …) -> " in printed
+    assert [r["id"] for r in manifest(out)] == ["a", "notes"]
+    assert run_export(*argv) == 0  # the manifests in --out are neither inputs nor skipped files
+    assert "run), 4 file(s) skipped (not images: data.csv," in capsys.readouterr().out
+
+    assert run_export(src / "sub", "--out", tmp_path / "none", *weights(tiny_checkpoints)) == 2
+    assert "no images found in" in (err := capsys.readouterr().err)
+    assert "3 file(s) skipped (not images: readme.md, y.yaml, z.json)" in err
 
 
 def test_torchrun_rank_and_world_size_pick_the_shard():
@@ -327,7 +420,7 @@ def test_glob_inputs_are_expanded_and_sorted(tmp_path, tiny_checkpoints, monkeyp
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_then_rerun_exports_every_image_exactly_once(tmp_path, tiny_checkpoints):
+def test_kill_9_mid_run_then_rerun_exports_every_image_exactly_once(tmp_path, tiny_checkpoints, monkeypatch):
     src = tmp_path / "in"
     make_images(src, [f"{i:02d}.jpg" for i in range(20)], size=(96, 64))
     out = tmp_path / "out"
@@ -335,7 +428,7 @@ def test_kill_9_mid_run_then_rerun_exports_every_image_exactly_once(tmp_path, ti
     argv = [str(src), "--out", str(out), "--batch-size", "1", "--workers", "1", *weights(tiny_checkpoints)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, *entry, *argv], cwd=ROOT, env=env, stderr=subprocess.PIPE)
-    journal = out / export_merge.part_name(0, 1)
+    journal = out / export_merge.PROGRESS_JOURNAL
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and child.poll() is None:
         if journal.exists() and export_merge.read_journal(journal):
@@ -346,6 +439,7 @@ def test_kill_9_mid_run_then_rerun_exports_every_image_exactly_once(tmp_path, ti
     assert child.returncode == -signal.SIGKILL, "the export finished before it could be killed"
     done_before = {(r["id"], r["model"]) for r in export_merge.read_journal(journal)}
     assert 0 < len(done_before) < 40
+    assert not [name for name in all_files(out) if name.startswith("manifest.shard-")]  # only the hidden journal
     # What a kill can leave in the worst case, planted so every run checks the cleanup: a torn journal line,
     # a temp file of an unfinished output, and a damaged file where an unfinished output goes.
     with open(journal, "ab") as f:
@@ -354,12 +448,12 @@ def test_kill_9_mid_run_then_rerun_exports_every_image_exactly_once(tmp_path, ti
     (out / "cbam" / ".19.png.k1ll3d.part").write_bytes(b"\x89PNG half")
     (out / "cbam" / "19.png").write_bytes(b"\x89PNG half")
 
+    appended = record_appends(monkeypatch)
     assert run_export(*argv) == 0
-    rows = export_merge.read_journal(journal)
-    keys = [(r["id"], r["model"]) for r in rows]
-    assert sorted(keys) == sorted({(f"{i:02d}", m) for i in range(20) for m in ("baseline", "cbam")})  # once each
+    keys = sorted([*done_before, *appended])
+    assert keys == sorted({(f"{i:02d}", m) for i in range(20) for m in ("baseline", "cbam")})  # once each
     assert len(manifest(out)) == 40 and not any(r["error"] for r in manifest(out))
-    assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
+    assert all_files(out) == {*output_files(out), "manifest.jsonl", "manifest.csv"}  # no journal, no .part left
     for path in output_files(out).values():
         with Image.open(path) as png:
             png.load()  # raises on a truncated file

@@ -25,6 +25,7 @@ from cbam_viz.errors import CbamVizError
 from cbam_viz.export.discover import Item
 from cbam_viz.export.merge import (
     COLUMNS,
+    PROGRESS_JOURNAL,
     collect_rows,
     done_name,
     merge,
@@ -215,7 +216,7 @@ def write_outputs(out: Path, item: Item, key: str, shown: Image.Image, res: Mode
 
 
 class Journal:
-    """This shard's append-only manifest part: one write + fsync per finished image."""
+    """This run's append-only manifest journal: one write + fsync per finished image."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +309,7 @@ def export(
     summary.skipped = len(mine) - len(pending)
     remove_stale_parts(out, [item for item, _ in pending], list(models))
     out.mkdir(parents=True, exist_ok=True)
-    journal = Journal(out / part_name(k, n))
+    journal = Journal(out / (part_name(k, n) if n > 1 else PROGRESS_JOURNAL))
     bar = tqdm(
         total=len(mine),
         initial=summary.skipped,
@@ -341,12 +342,7 @@ def export(
             writer.shutdown(wait=True)
         journal.close()
         bar.close()
-    inputs = _inputs_fingerprint(items)
-    atomic_write_bytes(out / done_name(k, n), json.dumps({"inputs": inputs}).encode())
-    if n == 1 or _all_shards_done(out, n, inputs):
-        merged = merge(out)
-        summary.merged = True
-        summary.warnings += merged.warnings
+    _finish(out, items, summary)
     return summary
 
 
@@ -389,6 +385,21 @@ def _write_batch(out, batch, decoded, results, settings, journal: Journal, bar, 
         summary.exported += 1
         summary.errors += not isinstance(image, Image.Image)
         bar.update(1)
+
+
+def _finish(out: Path, items: Sequence[Item], summary: ExportSummary) -> None:
+    """Write the manifest once every image is done: now without sharding, else when the last shard finishes."""
+    k, n = summary.shard
+    if n == 1:
+        merged = merge(out, finish_progress=True)
+    else:
+        inputs = _inputs_fingerprint(items)
+        atomic_write_bytes(out / done_name(k, n), json.dumps({"inputs": inputs}).encode())
+        if not _all_shards_done(out, n, inputs):
+            return
+        merged = merge(out)
+    summary.merged = True
+    summary.warnings += merged.warnings
 
 
 def _inputs_fingerprint(items: Sequence[Item]) -> str:

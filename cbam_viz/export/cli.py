@@ -6,10 +6,12 @@ Outputs go to `<out>/<model>/<id>.png` (and `.npy` with --save-raw), where `<id>
 to the common root of the inputs with every folder and file name sanitised (so nothing can leave --out), and a
 short hash of the original relative path appended whenever sanitising changed a name or two names would
 collide (same stem, case-insensitive file systems). Every file is written atomically; each finished image's
-rows are appended, fsync'd, to this shard's journal `manifest.shard-K-of-N.jsonl`; `manifest.jsonl` and
-`manifest.csv` are (re)generated from all journals at the end (see `cbam_viz.export.merge`). A rerun skips every
-(image, model) whose row says it succeeded with the same settings and whose files exist, so a killed run
-resumes where it stopped; unreadable images become error rows and are retried on the next run.
+rows are appended, fsync'd, to a journal (the hidden `.manifest.progress.jsonl`, removed when the run finishes;
+with sharding, the shard's `manifest.shard-K-of-N.jsonl`); `manifest.jsonl` and `manifest.csv` are (re)generated
+from the manifest and all journals at the end (see `cbam_viz.export.merge`). A rerun skips every (image, model)
+whose row says it succeeded with the same settings and whose files exist, so a killed run resumes where it
+stopped; unreadable images become error rows and are retried on the next run. Files in input folders without an
+image extension are skipped, and the closing summary line counts and names them.
 
 `--shard K/N` (or RANK/WORLD_SIZE under torchrun) exports images K, K+N, K+2N, ... of the sorted input list,
 so a Slurm array, a Kubernetes indexed job or torchrun ranks each run the same command into one --out.
@@ -27,7 +29,7 @@ from cbam_viz.cli import standalone
 from cbam_viz.devices import resolve_device
 from cbam_viz.errors import CbamVizError
 from cbam_viz.export.batch import DEFAULT_MAX_SIDE, Settings, export, load_models, parse_models, parse_shard
-from cbam_viz.export.discover import discover
+from cbam_viz.export.discover import find_inputs
 from cbam_viz.io.checkpoints import MODEL_KEYS
 from cbam_viz.io.weights import BUNDLED, WEIGHTS_ENV
 
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     keys = parse_models(args.models)
     device = resolve_device(args.device)
-    items = discover(args.inputs, exclude=args.out)  # bad inputs fail before the models load
+    items, skipped = find_inputs(args.inputs, exclude=args.out)  # bad inputs fail before the models load
     models = load_models(keys, {"baseline": args.baseline, "cbam": args.cbam}, device, settings)
     try:
         summary = export(items, args.out, models, settings, shard, progress=not args.no_progress)
@@ -99,10 +101,14 @@ def run(args: argparse.Namespace) -> int:
     for warning in summary.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-    print(
-        f"{summary.exported - summary.errors} image(s) exported{where}, {summary.skipped} already done, "
-        f"{summary.errors} unreadable (error rows in the manifest; retried on the next run) -> {Path(args.out)}"
-    )
+    counts = [
+        f"{summary.exported - summary.errors} image(s) exported{where}",
+        f"{summary.skipped} already done",
+        f"{summary.errors} unreadable (error rows in the manifest; retried on the next run)",
+    ]
+    if skipped:
+        counts.append(skipped.describe())
+    print(f"{', '.join(counts)} -> {Path(args.out)}")
     if shard[1] > 1 and not summary.merged:
         print(f"when every shard has finished: python -m cbam_viz merge {Path(args.out)}")
     if summary.exported and summary.errors == summary.exported and not summary.skipped:

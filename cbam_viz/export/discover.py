@@ -8,7 +8,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cbam_viz.errors import CbamVizError
 from cbam_viz.io.fileio import is_within
@@ -18,6 +18,7 @@ IMAGE_SUFFIXES = frozenset(
 )
 _SAFE_CHARS = re.compile(r"[^\w\-. ]")  # \w: Unicode letters, digits and '_'
 _MAX_COMPONENT_BYTES = 120
+_NAMED_SKIPS = 3  # how many skipped files a summary names
 _RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))})
 
 
@@ -49,30 +50,67 @@ def _glob_root(pattern: str) -> str:
     return root
 
 
-def _walk(top: str, exclude: str) -> Iterator[str]:
-    """Image files under `top` (recursively, sorted, symlinked folders not followed), never inside `exclude`."""
-    for folder, dirs, files in os.walk(top):
+@dataclass
+class Skipped:
+    """Files of the scanned folders that are not exported, so a summary can say what was left out."""
+
+    not_images: dict[str, str] = field(default_factory=dict)  # absolute path -> name shown (relative to its folder)
+    unreadable: dict[str, str] = field(default_factory=dict)  # folders that could not be listed, likewise
+
+    def __bool__(self) -> bool:
+        return bool(self.not_images or self.unreadable)
+
+    def describe(self) -> str:
+        """'N file(s) skipped (not images: a.txt, b.csv, …)', naming a few of each kind."""
+        parts = []
+        for found, what, reason in ((self.not_images, "file", "not images"), (self.unreadable, "folder", "unreadable")):
+            names = list(found.values())
+            if names:
+                shown = ", ".join(names[:_NAMED_SKIPS]) + (", …" if len(names) > _NAMED_SKIPS else "")
+                parts.append(f"{len(names)} {what}(s) skipped ({reason}: {shown})")
+        return ", ".join(parts)
+
+
+def _walk(top: str, exclude: str, skipped: Skipped) -> Iterator[str]:
+    """Image files under `top` (recursively, sorted, symlinked folders not followed), never inside `exclude`; the
+    other files and the folders that cannot be listed go to `skipped`."""
+
+    def note(found: dict[str, str], path: str) -> None:
+        rel = os.path.relpath(path, top)
+        found.setdefault(os.path.abspath(path), _show(path if rel == "." else rel))
+
+    for folder, dirs, files in os.walk(top, onerror=lambda err: note(skipped.unreadable, err.filename or top)):
         dirs[:] = sorted(d for d in dirs if os.path.abspath(os.path.join(folder, d)) != exclude)
         for name in sorted(files):
+            path = os.path.join(folder, name)
             if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                yield os.path.join(folder, name)
+                yield path
+            else:
+                note(skipped.not_images, path)
 
 
 def discover(inputs: Sequence[str], exclude: str | os.PathLike | None = None) -> list[Item]:
+    """The Items of `find_inputs`, for callers that need no account of skipped files."""
+    return find_inputs(inputs, exclude)[0]
+
+
+def find_inputs(inputs: Sequence[str], exclude: str | os.PathLike | None = None) -> tuple[list[Item], Skipped]:
     """Expand files, folders (recursive) and globs (expanded here, so quoted globs work) into sorted Items.
 
     A literal path wins over a glob reading of the same string. Folders and glob-matched folders contribute
-    files with an image extension; files named explicitly or matched by a glob are taken as they are (and
-    become error rows if they are not images). The --out folder (`exclude`) is never scanned.
+    files with an image extension (the rest are listed in the returned `Skipped`); files named explicitly or
+    matched by a glob are taken as they are (and become error rows if they are not images). The --out folder
+    (`exclude`) is never scanned.
     """
     exclude_abs = os.path.abspath(exclude) if exclude is not None else "\0"
     found: list[tuple[str, str]] = []  # (path, root)
     roots: list[str] = []
+    skipped = Skipped()
     for arg in inputs:
         arg = os.fspath(arg)
         if os.path.isdir(arg):
             roots.append(arg)
-            found += [(p, arg) for p in _walk(arg, exclude_abs)]
+            found += [(p, arg) for p in _walk(arg, exclude_abs, skipped)]
         elif os.path.lexists(arg):
             roots.append(os.path.dirname(arg) or ".")
             found.append((arg, roots[-1]))
@@ -85,13 +123,21 @@ def discover(inputs: Sequence[str], exclude: str | os.PathLike | None = None) ->
             roots.append(root)
             for match in matches:
                 if os.path.isdir(match):
-                    found += [(p, root) for p in _walk(match, exclude_abs)]
+                    found += [(p, root) for p in _walk(match, exclude_abs, skipped)]
                 else:
                     found.append((match, root))
         else:
             raise CbamVizError(f"input not found: {_show(arg)}")
     if not found:
-        raise CbamVizError(f"no images found in {', '.join(_show(a) for a in inputs)}")
+        because = f": {skipped.describe()}" if skipped else ""
+        raise CbamVizError(f"no images found in {', '.join(_show(a) for a in inputs)}{because}")
+    taken = {os.path.abspath(path) for path, _ in found}  # a file also named on its own is exported, not skipped
+    skipped.not_images = {path: name for path, name in skipped.not_images.items() if path not in taken}
+    return _items(found, roots), skipped
+
+
+def _items(found: list[tuple[str, str]], roots: list[str]) -> list[Item]:
+    """One Item per distinct file, named relative to the common root of the inputs, sorted, with unique ids."""
     common = os.path.commonpath([os.path.abspath(r) for r in roots])
     items: dict[str, Item] = {}
     for path, _ in found:

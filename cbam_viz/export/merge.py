@@ -1,9 +1,10 @@
-"""Export manifests: the row schema, the append-only shard journals, and `merge` (journals -> manifest.jsonl/.csv).
+"""Export manifests: the row schema, the append-only journals, and `merge` (manifest + journals -> manifest.jsonl/.csv).
 
-Every export run appends its finished rows to its own journal, `manifest.shard-K-of-N.jsonl` (a run without
-sharding is shard 0 of 1), one fsync'd write per image. Journals are never rewritten, so a killed run leaves
-at most a torn last line, which readers skip. `merge` reads every journal in the folder (later journals and
-later lines win for the same image and model), then writes `manifest.jsonl` and `manifest.csv` atomically.
+Every export run appends its finished rows to a journal, one fsync'd write per image: a sharded run to its own
+`manifest.shard-K-of-N.jsonl`, a run without sharding to the hidden `.manifest.progress.jsonl`, which it removes
+once its rows are in the manifest. Journals are never rewritten, so a killed run leaves at most a torn last line,
+which readers skip. `merge` reads the current manifest and every journal in the folder (newer files and later lines
+win for the same image and model), then writes `manifest.jsonl` and `manifest.csv` atomically.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cbam_viz.io.fileio import atomic_write_bytes
 MANIFEST_JSONL = "manifest.jsonl"
 MANIFEST_CSV = "manifest.csv"
 PART_RE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.jsonl$")
+PROGRESS_JOURNAL = ".manifest.progress.jsonl"  # the journal of a run without sharding, until it finishes
 
 # One row per (image, model). Every row has every column; columns that do not apply are null (empty in CSV).
 COLUMNS: tuple[str, ...] = (
@@ -99,10 +101,21 @@ def journals(out_dir: Path) -> list[tuple[int, int, Path]]:
     return [(k, n, path) for _, _, k, n, path in sorted(found)]
 
 
+def row_sources(out_dir: Path) -> list[Path]:
+    """The manifest and every journal in `out_dir`, oldest first (by modification time; the manifest first on ties,
+    since it only repeats what the journals held when it was written)."""
+    found = [(path.stat().st_mtime_ns, 1, path.name, path) for _, _, path in journals(out_dir)]
+    for rank, name in ((0, MANIFEST_JSONL), (1, PROGRESS_JOURNAL)):
+        path = out_dir / name
+        if path.is_file():
+            found.append((path.stat().st_mtime_ns, rank, name, path))
+    return [path for *_, path in sorted(found)]
+
+
 def collect_rows(out_dir: Path) -> dict[tuple[str, str], dict]:
-    """The current row of each (image id, model) over all journals: the newest journal's last row wins."""
+    """The current row of each (image id, model) over the manifest and all journals: the newest file's last row wins."""
     rows: dict[tuple[str, str], dict] = {}
-    for _, _, path in journals(out_dir):
+    for path in row_sources(out_dir):
         for row in read_journal(path):
             rows[row_key(row)] = row
     return rows
@@ -143,38 +156,54 @@ class MergeSummary:
     warnings: list[str] = field(default_factory=list)
 
 
-def merge(out_dir: str | Path) -> MergeSummary:
-    """Join every journal in `out_dir` into manifest.jsonl and manifest.csv (both written atomically)."""
+def merge(out_dir: str | Path, finish_progress: bool = False) -> MergeSummary:
+    """Join the manifest and every journal in `out_dir` into manifest.jsonl and manifest.csv (both written atomically).
+
+    `finish_progress` is for a run without sharding that has done all its images: its journal (and one of shard 0
+    of 1, which such a run covers) is in the manifest now and is removed; otherwise it stays, with a warning.
+    """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise CbamVizError(f"{out_dir} is not a folder")
-    parts = journals(out_dir)
-    if not parts:
-        raise CbamVizError(f"{out_dir} holds no export journals (manifest.shard-K-of-N.jsonl): nothing to merge")
+    if not row_sources(out_dir):
+        raise CbamVizError(f"{out_dir} holds neither manifest.jsonl nor export journals: nothing to merge")
     rows = sorted_rows(collect_rows(out_dir).values())
     atomic_write_bytes(out_dir / MANIFEST_JSONL, to_jsonl(rows))
     atomic_write_bytes(out_dir / MANIFEST_CSV, to_csv(rows))
+    progress = out_dir / PROGRESS_JOURNAL
     summary = MergeSummary(
         rows=len(rows),
         images=len({r["id"] for r in rows}),
         errors=sum(1 for r in rows if r["error"]),
-        journals=len(parts),
+        journals=len(journals(out_dir)) + progress.is_file(),
     )
+    if finish_progress:
+        for done in (progress, out_dir / part_name(0, 1), out_dir / done_name(0, 1)):
+            done.unlink(missing_ok=True)
+    elif progress.is_file():
+        summary.warnings.append("an export run without --shard has not finished: rerun it to export the rest")
+    summary.warnings += _shard_warnings(out_dir)
+    return summary
+
+
+def _shard_warnings(out_dir: Path) -> list[str]:
+    """Which shards of each sharded run have no journal yet, or have not finished their slice."""
     by_count: dict[int, set[int]] = {}
-    for k, n, _ in parts:
+    for k, n, _ in journals(out_dir):
         by_count.setdefault(n, set()).add(k)
+    warnings = []
     for n, present in sorted(by_count.items()):
         missing = sorted(set(range(n)) - present)
         unfinished = sorted(k for k in present if not (out_dir / done_name(k, n)).exists())
         if missing:
-            summary.warnings.append(f"no journal yet from shard(s) {', '.join(map(str, missing))} of {n}")
+            warnings.append(f"no journal yet from shard(s) {', '.join(map(str, missing))} of {n}")
         if unfinished:
-            summary.warnings.append(f"shard(s) {', '.join(map(str, unfinished))} of {n} have not finished")
-    return summary
+            warnings.append(f"shard(s) {', '.join(map(str, unfinished))} of {n} have not finished")
+    return warnings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", metavar="DIR", help="the --out folder of the export runs (every shard's journal)")
+    parser.add_argument("dir", metavar="DIR", help="the --out folder of the export runs (its manifest and journals)")
 
 
 def run(args: argparse.Namespace) -> int:
