@@ -17,6 +17,7 @@ from cbam_viz.cam.figures import paper_figure
 from cbam_viz.errors import CbamVizError
 
 MAX_FIGURE_ROWS = 8
+MIN_FIGURE_OPACITY = 0.05  # below this the heatmaps vanish and a row shows the same photo three times
 FIGURE_STEM = "cbam_gradcam_figure"
 
 
@@ -58,12 +59,18 @@ def export_figure(
     colormap: str = "jet",
     title: str | None = None,
 ) -> tuple[Path, Path]:
-    """The paper figure (PNG and PDF) for these images with the current controls; returns (png, pdf)."""
+    """The paper figure (PNG and PDF) for these images with these controls and the figure's own heatmap opacity;
+    returns (png, pdf)."""
     if not sources:
         raise CbamVizError("add an image first: upload one, pick an example, or add files for the figure")
     if len(sources) > MAX_FIGURE_ROWS:
         raise CbamVizError(f"the figure takes at most {MAX_FIGURE_ROWS} images; {len(sources)} were given")
     method, layer, opacity, colormap = check_controls(method, layer, opacity, colormap)
+    if opacity < MIN_FIGURE_OPACITY:
+        raise CbamVizError(
+            f"the figure's heatmap opacity must be from {MIN_FIGURE_OPACITY} to 1, not {opacity:g}: below that the "
+            "heatmaps are invisible and each row would show the same photo three times"
+        )
     rows = []
     for source in sources:
         analysis = studio.analyse(source, target, method, layer)

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from PIL import Image
 
 from cbam_viz.cam.engine import METHODS, ModelResult
@@ -21,6 +23,13 @@ from cbam_viz.nn.attention import AttentionMaps
 
 FigureRow = tuple[Image.Image, ModelResult, ModelResult]
 TITLE_CHARS, TITLE_LINES = 60, 3  # a title is wrapped to lines of this many characters, at most this many lines
+TITLE_SIZE, HEADING_SIZE, CAPTION_SIZE, NOTE_SIZE = 12, 10, 9, 8  # font sizes in points
+MARGIN, COLUMN_GAP, ROW_GAP, CAPTION_GAP = 0.08, 0.06, 0.1, 0.03  # spacing of the grid, in inches
+LINE_INCHES = 1.25 / 72  # height of one line of text per point of font size, in inches
+CHAR_EMS = 0.6  # a generous average character width of the default font, in ems
+MIN_ASPECT, MAX_ASPECT = 1 / 3, 2.0  # a tile's height / width; images beyond are letterboxed inside their tile
+WARNING_COLOUR = "#c03000"
+UNFAMILIAR_MARK = "\u26a0"  # the warning sign, which the default font (DejaVu Sans) has
 
 
 def title_lines(title: str, width: int = TITLE_CHARS, max_lines: int = TITLE_LINES) -> list[str]:
@@ -34,63 +43,105 @@ def method_title(result: ModelResult) -> str:
     return label if result.layer == "layer4" else f"{label} ({result.layer})"
 
 
-def probability_caption(result: ModelResult, row_label: str | None = None) -> str:
-    """The text under a heatmap, as in the paper: 'P = 0.963', prefixed by the class when it is not the row's."""
+def fit_lines(text: str, inches: float, fontsize: float, max_lines: int | None = None) -> str:
+    """`text` wrapped to lines that fit `inches` at `fontsize`, so captions never spill into the next tile."""
+    chars = max(8, int(inches * 72 / (CHAR_EMS * fontsize)))
+    lines = textwrap.wrap(" ".join(text.split()), chars, max_lines=max_lines, placeholder=" …", break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def text_inches(text: str, fontsize: float) -> float:
+    """The height of a (multi-line) text at `fontsize`, in inches; 0 for no text."""
+    return (text.count("\n") + 1) * fontsize * LINE_INCHES if text else 0.0
+
+
+def probability_caption(result: ModelResult, inches: float = 2.0) -> str:
+    """The text under a heatmap: the class it explains and its softmax P, e.g. 'penguin\\nP = 0.944'."""
     target = result.target
-    text = f"P = {target.prob:.3f}"
-    return text if target.label == row_label else f"{target.label}\n{text}"
+    return f"{fit_lines(target.label, inches, CAPTION_SIZE, max_lines=2)}\nP = {target.prob:.3f}"
+
+
+def is_unfamiliar(result: ModelResult) -> bool:
+    """Whether the model's familiarity detector found the image unlike its training images."""
+    return result.familiarity is not None and result.familiarity.unfamiliar
+
+
+def unfamiliar_note(results: Sequence[ModelResult], inches: float = 2.0) -> str:
+    """The warning under an input tile naming the models that find it unfamiliar; '' when none does."""
+    names = [res.meta.display_name for res in results if is_unfamiliar(res)]
+    if not names:
+        return ""
+    text = f"{UNFAMILIAR_MARK} unfamiliar to {' and '.join(names)}: class and P not meaningful"
+    return fit_lines(text, inches, NOTE_SIZE)
+
+
+def row_captions(base: ModelResult, cbam: ModelResult, inches: float) -> list[tuple[str, int, str]]:
+    """(text, font size, colour) under each tile of a row: the unfamiliar warning, then class and P per model."""
+    note = (unfamiliar_note([base, cbam], inches), NOTE_SIZE, WARNING_COLOUR)
+    return [note] + [
+        (probability_caption(res, inches), CAPTION_SIZE, WARNING_COLOUR if is_unfamiliar(res) else "black")
+        for res in (base, cbam)
+    ]
+
+
+def draw_tile(ax: Axes, picture: Image.Image, caption: tuple[str, int, str], framed: bool) -> None:
+    """One picture of the grid with its caption right under it, framed in the warning colour if asked."""
+    ax.imshow(np.asarray(picture), interpolation="lanczos")
+    ax.set_axis_off()
+    text, size, colour = caption
+    if text:
+        ax.annotate(
+            text, (0.5, 0.0), xycoords="axes fraction", xytext=(0.0, -CAPTION_GAP * 72), textcoords="offset points",
+            ha="center", va="top", fontsize=size, color=colour,
+        )
+    if framed:
+        ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor=WARNING_COLOUR,
+                               linewidth=2.5, clip_on=False))
 
 
 def paper_figure_image(
     rows: Sequence[FigureRow],
     *,
     title: str | None = None,
-    row_labels: Sequence[str | None] | None = None,
     opacity: float = 0.5,
     colormap: str = "jet",
     tile_inches: float = 2.0,
 ) -> Figure:
-    """The grid as a matplotlib Figure: one row per image, columns input | baseline CAM | CBAM CAM.
+    """The grid as a matplotlib Figure: one row per image, columns input | baseline CAM | CBAM CAM, axes added
+    row by row.
 
-    Under each heatmap: the softmax probability P of the class it explains (and the class when it differs
-    from the row's label). A row's label defaults to the class both models explain when they agree.
+    Under each heatmap: the class it explains and its softmax P. Under the input, framed: a warning when a model
+    finds the image unfamiliar, since that model's class and P then mean nothing. Tiles and captions are packed
+    with small even gaps, each row as tall as its image's aspect asks.
     """
     if not rows:
         raise ValueError("paper_figure needs at least one row")
-    if row_labels is not None and len(row_labels) != len(rows):
-        raise ValueError("row_labels must have one entry per row")
-    first_base, first_cbam = rows[0][1], rows[0][2]
-    headings = [
-        "Input",
-        f"{first_base.meta.display_name}\n{method_title(first_base)}",
-        f"{first_cbam.meta.display_name}\n{method_title(first_cbam)}",
+    width = 2 * MARGIN + 3 * tile_inches + 2 * COLUMN_GAP
+    headings = ["Input"] + [
+        f"{fit_lines(res.meta.display_name, tile_inches, HEADING_SIZE)}\n{method_title(res)}" for res in rows[0][1:]
     ]
-    aspect = max(im.height / im.width for im, _, _ in rows)
-    tile_h = tile_inches * min(max(aspect, 0.5), 1.5)
-    lines = title_lines(title) if title else []
-    height = len(rows) * (tile_h + 0.55) + 0.5 + 0.2 * len(lines) + (0.15 if lines else 0.0)
-    fig = Figure(figsize=(3 * tile_inches + 0.5, height), layout="constrained")
-    if lines:
-        fig.suptitle("\n".join(lines), fontsize=12)
-    axes = np.atleast_2d(fig.subplots(len(rows), 3, squeeze=False))
-    for r, (image, base, cbam) in enumerate(rows):
-        label = row_labels[r] if row_labels is not None else None
-        if label is None and base.target.label == cbam.target.label:
-            label = base.target.label
+    captions = [row_captions(base, cbam, tile_inches) for _, base, cbam in rows]
+    tile_heights = [tile_inches * min(max(im.height / im.width, MIN_ASPECT), MAX_ASPECT) for im, _, _ in rows]
+    caption_heights = [CAPTION_GAP + max(text_inches(text, size) for text, size, _ in row) for row in captions]
+    title_chars = min(TITLE_CHARS, int(width * 72 / (CHAR_EMS * TITLE_SIZE)))
+    shown_title = "\n".join(title_lines(title, title_chars)) if title else ""
+    top = MARGIN + (text_inches(shown_title, TITLE_SIZE) + MARGIN if shown_title else 0.0)
+    top += max(text_inches(h, HEADING_SIZE) for h in headings) + CAPTION_GAP
+    height = top + sum(tile_heights) + sum(caption_heights) + ROW_GAP * (len(rows) - 1) + MARGIN
+    fig = Figure(figsize=(width, height))
+    if shown_title:
+        fig.suptitle(shown_title, fontsize=TITLE_SIZE, y=1 - MARGIN / height, va="top")
+    y = top
+    for r, ((image, base, cbam), tile_h, row) in enumerate(zip(rows, tile_heights, captions)):
         tiles = [image.convert("RGB")] + [overlay(image, res.heatmaps[0], opacity, colormap) for res in (base, cbam)]
-        for c, tile in enumerate(tiles):
-            ax = axes[r, c]
-            ax.imshow(np.asarray(tile), interpolation="lanczos")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+        for c, (tile, caption) in enumerate(zip(tiles, row)):
+            box = ((MARGIN + c * (tile_inches + COLUMN_GAP)) / width, 1 - (y + tile_h) / height,
+                   tile_inches / width, tile_h / height)
+            ax = fig.add_axes(box)
+            draw_tile(ax, tile, caption, framed=c == 0 and bool(caption[0]))
             if r == 0:
-                ax.set_title(headings[c], fontsize=10)
-        if label:
-            axes[r, 0].set_ylabel(label, fontsize=10)
-        for c, res in ((1, base), (2, cbam)):
-            axes[r, c].set_xlabel(probability_caption(res, label), fontsize=10)
+                ax.set_title(headings[c], fontsize=HEADING_SIZE, pad=CAPTION_GAP * 72, va="bottom")
+        y += tile_h + caption_heights[r] + ROW_GAP
     return fig
 
 
@@ -100,7 +151,6 @@ def paper_figure(
     path_pdf: str | Path | None = None,
     *,
     title: str | None = None,
-    row_labels: Sequence[str | None] | None = None,
     opacity: float = 0.5,
     colormap: str = "jet",
     dpi: int = 200,
@@ -111,7 +161,7 @@ def paper_figure(
     (e.g. `(c.image, c.results["baseline"], c.results["cbam"])` for a `Comparison` c). Files are written
     atomically.
     """
-    fig = paper_figure_image(rows, title=title, row_labels=row_labels, opacity=opacity, colormap=colormap)
+    fig = paper_figure_image(rows, title=title, opacity=opacity, colormap=colormap)
     written = []
     for path, fmt in ((path_png, "png"), (path_pdf, "pdf")):
         if path is None:
