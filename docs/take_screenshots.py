@@ -15,7 +15,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.apphelpers import app_process  # noqa: E402
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, open_with_image  # noqa: E402
+from tests.test_browser import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DESKTOP,
+    PHONE,
+    full_page_screenshot,
+    open_with_image,
+)
 
 
 def main() -> None:
@@ -35,8 +42,7 @@ def main() -> None:
                 page.wait_for_selector("#channel-attention img", state="attached")
                 for stage in ("layer1", "layer2", "layer3", "layer4"):
                     page.wait_for_selector(f"#attention-{stage} img[src]", state="attached")
-                page.evaluate("window.scrollTo(0, 0)")
-                page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
+                full_page_screenshot(page, args.out / f"{name}.png")
                 print(f"wrote {args.out / f'{name}.png'}")
         finally:
             browser.close()

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -25,10 +27,22 @@ from cbam_viz.app.controls import normalise_target, parse_box
 from cbam_viz.app.figure_export import ExportFolder
 from cbam_viz.app.server import StudioBlocks, user_errors
 from cbam_viz.app.studio import Studio
-from cbam_viz.app.views import attention_overlay, scores_json
+from cbam_viz.app.views import (
+    PEAK_MARKERS,
+    attention_overlay,
+    colorbar_html,
+    download_name,
+    familiarity_gauge,
+    gauge_scale,
+    heatmap_overlay,
+    localization_preview,
+    scores_json,
+)
 from cbam_viz.cam.engine import compare
 from cbam_viz.cam.figures import channel_attention_figure, paper_figure
+from cbam_viz.cam.render import colorize
 from cbam_viz.errors import CbamVizError
+from cbam_viz.familiarity.detectors import FamiliarityScore
 from cbam_viz.eval.metrics import box_mask, energy_in_mask, pointing_hit
 from cbam_viz.io.checkpoints import load_pair
 from cbam_viz.io.images import ImageError
@@ -37,7 +51,7 @@ from cbam_viz.nn.cbam import CBAMConfig
 from tests.apphelpers import ROOT, app, free_port, serve
 from tests.conftest import CLASS_NAMES, make_checkpoint, random_image
 
-EXAMPLE = ROOT / "examples" / "green_disc.png"
+EXAMPLE = ROOT / "tests" / "fixtures" / "scenes" / "green_disc.png"
 
 # The HTTP API's client example (docs/app.md; test_readme_snippet also runs the documented copy).
 README_SNIPPET = '''
@@ -57,8 +71,12 @@ print("heatmaps saved at", overlay_baseline, overlay_cbam)
 
 @pytest.fixture(scope="module")
 def server(tiny_models, tmp_path_factory):
-    """The real page and API, served in this process (so the test can count model passes), 1 MB upload cap."""
-    studio = Studio(tiny_models, examples_dir=ROOT / "examples")
+    """The real page and API, served in this process (so the test can count model passes), 1 MB upload cap; its
+    examples are the test scenes and the README's penguin, each with its mask."""
+    examples = tmp_path_factory.mktemp("examples")
+    for path in [*(ROOT / "tests" / "fixtures" / "scenes").glob("*.png"), *(ROOT / "examples").glob("penguin*")]:
+        (examples / path.name).symlink_to(path)
+    studio = Studio(tiny_models, examples_dir=examples)
     with serve(studio, ExportFolder(tmp_path_factory.mktemp("exports")), max_file_size="1mb") as served:
         yield served
 
@@ -256,9 +274,9 @@ def test_slow_methods_run_one_at_a_time_and_only_within_their_time_limit(tiny_mo
     assert studio.analyse(source, method="scorecam", layer="layer3").method == "scorecam"  # cached: no slot needed
     assert studio._slow.acquire(blocking=False)  # and the slot was given back
     studio._slow.release()
-    # the run measured what one pass costs, and later estimates use it
-    assert studio.slow_pass_seconds and studio.slow_estimate("scorecam", "layer1")[1] == pytest.approx(
-        2 * 256 * studio.slow_pass_seconds
+    # the run measured what one pass costs at its layer, and later estimates there use it
+    assert studio.pass_seconds("layer3") > 0 and studio.slow_estimate("scorecam", "layer3")[1] == pytest.approx(
+        2 * 1024 * studio.pass_seconds("layer3"), rel=1e-3
     )
 
 
@@ -423,6 +441,70 @@ def test_studio_fast_retarget_equals_a_fresh_compare(tiny_models):
     assert studio.open(Image.fromarray(np.asarray(source.image))).key == source.key
 
 
+def test_spatial_attention_is_drawn_on_the_absolute_scale_and_a_flat_map_is_called_nearly_constant(tiny_models):
+    studio = Studio(tiny_models, examples_dir=None)
+    analysis = studio.analyse(studio.open(random_image(63)))
+    spatial = analysis.results["cbam"].attention.spatial
+    spatial["layer4.2"] = torch.full_like(spatial["layer4.2"], 0.72)
+    spatial["layer4.2"][0, 0] = 0.75  # spans 0.03: nearly constant
+    spatial["layer3.5"] = torch.linspace(0.2, 0.6, spatial["layer3.5"].numel()).view_as(spatial["layer3.5"])
+    flat, label, note = attention_overlay(analysis, "layer4.2", opacity=1.0)
+    assert label.endswith("Ms 0.72–0.75") and "nearly constant" in note and "0.72–0.75" in note
+    colours = np.asarray(flat).reshape(-1, 3).astype(int)
+    assert np.abs(colours - colours.mean(axis=0)).max() < 40  # one colour, not a full-range jet of hot spots
+    stretched, _, _ = attention_overlay(analysis, "layer4.2", opacity=1.0, stretch=True)
+    spread = {name: np.asarray(im).reshape(-1, 3).std(axis=0).sum() for name, im in (("flat", flat), ("s", stretched))}
+    assert spread["s"] > 3 * spread["flat"], spread  # stretched, the same map spans the whole colormap
+    ramp, label, note = attention_overlay(analysis, "layer3.5", opacity=1.0)
+    assert note == "" and label.endswith("Ms 0.20–0.60")
+    # absolute: 0.2 to 0.6 of the colormap, never its ends; stretched: both ends
+    ends = colorize(np.array([[0.0, 1.0]]), "jet")[0].astype(int)
+    for picture, reaches in ((ramp, False), (attention_overlay(analysis, "layer3.5", 1.0, stretch=True)[0], True)):
+        pixels = np.asarray(picture).reshape(-1, 1, 3).astype(int)
+        nearest = np.abs(pixels - ends[None]).sum(axis=2).min(axis=0)  # each end's closest pixel
+        assert (nearest.max() < 30) == reaches, nearest
+    assert "0: position suppressed" in colorbar_html("jet", False) and "minimum" in colorbar_html("jet", True)
+
+
+def test_the_familiarity_gauge_says_familiar_borderline_or_unfamiliar_against_the_threshold():
+    quantiles = {"0.5": 1.0, "0.8": 2.0}
+    detector = SimpleNamespace(info={"val_quantiles": quantiles})
+    states = {}
+    for score in (0.5, 2.5, 3.5):
+        verdict = FamiliarityScore(score, 3.0, score > 3.0, "patches")
+        html = familiarity_gauge(SimpleNamespace(familiarity=verdict), detector)
+        states[score] = html.split("gauge gauge-")[1].split('"')[0]
+        assert f"score {score:.2f}, threshold 3.00" in html
+    assert states == {0.5: "familiar", 2.5: "borderline", 3.5: "unfamiliar"}
+    assert gauge_scale(3.0, quantiles) == (1.0, 2.0, 4.0)
+    assert gauge_scale(3.0, None) == (0.0, 3.0, 4.5)  # no recorded quantiles: no borderline band
+    assert familiarity_gauge(SimpleNamespace(familiarity=None), detector) == ""
+
+
+def test_a_heatmap_download_is_a_png_named_after_photo_model_method_and_layer(tiny_models):
+    studio = Studio(tiny_models, examples_dir=None)
+    source = studio.open(random_image(64), name="my camel photo.jpg")
+    analysis = studio.analyse(source, method="hirescam", layer="layer3")
+    assert download_name(analysis, "cbam") == "my_camel_photo_cbam-resnet50_hirescam_layer3"
+    path = Path(served_files.served(heatmap_overlay(analysis, "cbam"), download_name(analysis, "cbam")))
+    assert path.name == "my_camel_photo_cbam-resnet50_hirescam_layer3.png" and Image.open(path).format == "PNG"
+    assert served_files.delete_old_files(path.parent.parent, 0.0) >= 1 and not path.exists()
+
+
+def test_peak_markers_stay_distinct_when_the_peaks_coincide(tiny_models):
+    studio = Studio(tiny_models, examples_dir=None)
+    analysis = studio.analyse(studio.open(Image.new("RGB", (400, 300), (128, 128, 128))))
+    for result in analysis.results.values():
+        result.heatmaps[0] = 0.0
+        result.heatmaps[0][150, 200] = 1.0  # both peaks on one pixel
+    marked = np.asarray(localization_preview(analysis, None)).astype(int)
+    colours = {tuple(c) for c in marked.reshape(-1, 3)}
+    for colour, _ in PEAK_MARKERS.values():
+        assert colour in colours  # the larger square does not hide the circle
+    blue = (np.abs(marked - PEAK_MARKERS["baseline"][0]).sum(axis=2) == 0).sum()
+    assert blue > 250  # a ring about 1/9 of the picture across and 1/100 of it thick, not a few pixels
+
+
 def test_a_channel_only_cbam_shows_its_channel_weights_and_says_it_has_no_spatial_map(tiny_checkpoints, tmp_path):
     cbam = make_checkpoint(tmp_path / "channel.safetensors", "resnet50-cbam", 3, cbam=CBAMConfig(arrangement="channel"))
     models = load_pair(tiny_checkpoints["baseline"], cbam)
@@ -431,8 +513,9 @@ def test_a_channel_only_cbam_shows_its_channel_weights_and_says_it_has_no_spatia
     attention = analysis.results["cbam"].attention
     assert attention.blocks[-1] == "layer4.2" and attention.stage(1) == ["layer1.0", "layer1.1", "layer1.2"]
     assert not attention.spatial and attention.channel["layer4.2"].shape == (2048,)
-    picture, caption = attention_overlay(analysis, "layer3.5")
+    picture, caption, note = attention_overlay(analysis, "layer3.5")
     assert picture is None and caption == "layer3.5 · channel attention only: this CBAM variant has no spatial map"
+    assert note == ""
     assert "attention_agreement" not in scores_json(analysis)["models"]["cbam"]
     fig = channel_attention_figure(attention, ["layer1.2", "layer2.3", "layer3.5", "layer4.2"])
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == [
@@ -440,7 +523,7 @@ def test_a_channel_only_cbam_shows_its_channel_weights_and_says_it_has_no_spatia
 
 
 def test_studio_examples_masks_and_uploads(tiny_models, tmp_path):
-    studio = Studio(tiny_models, examples_dir=ROOT / "examples")
+    studio = Studio(tiny_models, examples_dir=ROOT / "tests" / "fixtures" / "scenes")
     assert {p.name for p in studio.examples} >= {"green_disc.png", "red_square.png"}
     assert not any(p.name.endswith(".mask.png") for p in studio.examples)
     source = studio.open_upload({"path": str(EXAMPLE), "orig_name": "my photo.png"})
@@ -473,7 +556,7 @@ def test_box_is_in_original_pixels_for_large_uploads(tiny_models):
 def test_scores_json_is_plain_json(tiny_models):
     import json
 
-    studio = Studio(tiny_models, examples_dir=ROOT / "examples")
+    studio = Studio(tiny_models, examples_dir=ROOT / "tests" / "fixtures" / "scenes")
     analysis = studio.analyse(studio.open(EXAMPLE))
     data = scores_json(analysis, studio.localize(analysis))
     assert json.loads(json.dumps(data)) == data
@@ -630,3 +713,38 @@ def test_cli_missing_weights_fail_with_a_clear_message(tmp_path):
     assert proc.returncode == 2
     assert "error: checkpoint not found" in proc.stderr and "none.safetensors" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_page_keeps_its_result_when_a_slow_run_is_refused_or_stopped(tiny_models, tmp_path):
+    """update_page: a refused ScoreCAM, and one stopped by the visitor's Stop, leave the shown result and put the
+    method back; progress is reported per batch of channel passes."""
+    from cbam_viz.app.handlers import Handlers
+
+    studio = Studio(tiny_models, examples_dir=None, slow_seconds=1e6)
+    handlers = Handlers(studio, ExportFolder(tmp_path / "exports"))
+    folder = Path(handlers.uploads[0]) / "page-test"  # the page's images are uploads
+    folder.mkdir(parents=True, exist_ok=True)
+    random_image(65).save(folder / "photo.png")
+    image = {"path": str(folder / "photo.png"), "orig_name": "photo.png"}
+    request = SimpleNamespace(session_hash="visitor")
+    shown_page = handlers.update_page(image, "top1", "hirescam", "layer4", 0.5, "jet", "", None, request)
+    shown = shown_page[-4]
+    assert shown["method"] == "hirescam" and all(not isinstance(control, str) for control in shown_page[-3:])
+
+    reports = []
+
+    def press_stop(progress, desc=None, unit=None):
+        reports.append(progress)
+        handlers.stop_slow(request)
+
+    stopped = handlers.update_page(image, "top1", "scorecam", "layer1", 0.5, "jet", "", shown, request, press_stop)
+    assert reports and reports[0][1] == 2 * 256 and reports[0][0] < 2 * 256  # stopped after its first batch
+    assert stopped[-3:] == ("top1", "hirescam", "layer4")  # the controls go back to what is shown
+    assert "HiResCAM" in stopped[3] and stopped[-4] == shown
+    source = studio.open(image["path"], name="photo.png")
+    assert not any((source.key, key, "scorecam", "layer1", 0) in studio._results for key in ("baseline", "cbam"))
+    assert not handlers.stops
+
+    studio.slow_seconds = 1e-9  # every ScoreCAM is now estimated over its limit: refused before it starts
+    refused = handlers.update_page(image, "top1", "scorecam", "layer1", 0.5, "jet", "", shown, request)
+    assert refused[-3:] == ("top1", "hirescam", "layer4") and "HiResCAM" in refused[3]

@@ -151,9 +151,8 @@ def test_grad_cam_recorder_ignores_other_threads_forwards(tiny_models):
 def test_scorecam_does_not_keep_the_gradient_methods_off_its_model(tiny_models, monkeypatch):
     """ScoreCAM runs no backward, so a HiResCAM pass on the same model runs while a ScoreCAM pass is under way; both
     give what they give alone."""
-    from pytorch_grad_cam import ScoreCAM
-
     from cbam_viz.cam.engine import package_cam
+    from cbam_viz.cam.scorecam import BoundedScoreCAM as ScoreCAM
 
     loaded = tiny_models["cbam"]
     x = preprocess([random_image(10, (INPUT_SIZE, INPUT_SIZE))], loaded.meta)

@@ -54,7 +54,7 @@ def check_everywhere(split_dir: Path, tmp_path: Path, baseline: Path, cbam: Path
     assert attention is not None
     deep = models["cbam"].meta.arch not in ("resnet18-cbam", "resnet34-cbam")  # Bottleneck blocks: 4x wider
     assert studio.slow_estimate("scorecam", "layer4")[0] == (2048 if deep else 512)  # ScoreCAM's passes
-    image, caption = attention_overlay(analysis, attention.blocks[-1])
+    image, caption, _ = attention_overlay(analysis, attention.blocks[-1])
     assert image.size == (72, 56) and caption.startswith("layer4.")
     for key, name in zip(("baseline", "cbam"), names):
         assert model_info_markdown(models[key]).startswith(f"### {name}\n")

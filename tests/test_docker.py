@@ -146,8 +146,8 @@ def test_dockerignore_keeps_the_context_small():
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    kept = ["app.py", "requirements.txt", "cbam_viz/cam/engine.py", "cbam_viz/app/studio.py", "examples/green_disc.png",
-            "examples/green_disc.mask.png", "weights/resnet50_baseline.safetensors",
+    kept = ["app.py", "requirements.txt", "cbam_viz/cam/engine.py", "cbam_viz/app/studio.py", "examples/penguin.jpg",
+            "examples/penguin.mask.png", "weights/resnet50_baseline.safetensors",
             "weights/resnet50_cbam.safetensors"]
     dropped = [".venv/bin/python", "data/pack/manifest.json", "runs/eval/eval.json", "tests/test_app.py",
                "docs/screenshots/desktop.png", ".git/HEAD", "cache/x.deb", "cbam_viz/__pycache__/cam.cpython-311.pyc",
@@ -212,7 +212,7 @@ APT_SOURCES = Path("/etc/apt")
 BASE_PACKAGES = "python3,python3-pip,python3-venv,ca-certificates"
 LOCAL_CAS = Path("/usr/local/share/ca-certificates")  # Debian's folder for the CAs a host adds to its trust
 IMAGE = "cbam-studio:test"
-SCENE = ROOT / "examples" / "green_disc.png"
+SCENE = ROOT / "tests" / "fixtures" / "scenes" / "green_disc.png"
 
 
 class Docker:

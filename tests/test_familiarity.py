@@ -249,6 +249,10 @@ def test_fit_command_stores_a_detector_that_flags_odd_images(data_dir, tmp_path,
     val_features = extract({"m": loaded}, [val[i].image for i in range(len(val))], len(val))["m"]
     val_scores = fam.scores(torch.from_numpy(val_features.pooled), val_features.probs)
     assert np.mean(val_scores <= fam.threshold) >= 0.95
+    # the gauge's scale: the median and 80% quantile of these very scores
+    quantiles = fam.info["val_quantiles"]
+    assert np.mean(val_scores < quantiles["0.8"]) < 0.8 <= np.mean(val_scores <= quantiles["0.8"])
+    assert quantiles["0.5"] <= quantiles["0.8"] <= fam.threshold
     checkers = (np.indices((64, 64)).sum(0) // 8 % 2 * 255).astype(np.uint8)
     odd = [Image.fromarray(np.full((64, 64, 3), v, np.uint8)) for v in (128, 255)] + [Image.fromarray(checkers).convert("RGB")]
     odd += [Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(3)]

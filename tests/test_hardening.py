@@ -394,7 +394,7 @@ def test_only_the_apps_own_files_are_served(server, tiny_checkpoints, tmp_path):
     secret.write_text("top secret")
     refused = [
         "/etc/passwd", str(ROOT / "app.py"), str(ROOT / "tests" / "conftest.py"), str(ROOT / ".git" / "config"),
-        str(ROOT / "examples" / "green_disc.png"), str(ROOT / "requirements.txt"), str(tiny_checkpoints["cbam"]),
+        str(ROOT / "examples" / "penguin.jpg"), str(ROOT / "requirements.txt"), str(tiny_checkpoints["cbam"]),
         str(secret), f"{Path(uploaded).parent}/../../../etc/passwd", f"{get_upload_folder()}/../{secret.name}",
     ]
     for path in refused:

@@ -26,7 +26,7 @@ from tests.apphelpers import ROOT, app, app_process
 mcp = pytest.importorskip("mcp", reason="the mcp package is missing: pip install -r requirements-test.txt")
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
-EXAMPLE = ROOT / "examples" / "green_disc.png"
+EXAMPLE = ROOT / "tests" / "fixtures" / "scenes" / "green_disc.png"
 
 
 def data_url(path: Path) -> str:
@@ -54,7 +54,7 @@ async def session_calls(url: str, calls: list[tuple[str, dict[str, Any]]]) -> tu
 def mcp_server(tiny_checkpoints):
     """`python app.py --mcp` with the tiny checkpoints, as a user starts it."""
     env = {"CBAM_VIZ_BASELINE": str(tiny_checkpoints["baseline"]), "CBAM_VIZ_CBAM": str(tiny_checkpoints["cbam"])}
-    with app_process("--mcp", env=env) as server:
+    with app_process("--mcp", "--examples", str(EXAMPLE.parent), env=env) as server:
         yield server
 
 

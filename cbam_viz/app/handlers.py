@@ -6,6 +6,8 @@ with a one-line message on any failure (`user_errors`).
 
 from __future__ import annotations
 
+import html
+import threading
 from typing import Any
 
 import gradio as gr
@@ -14,13 +16,16 @@ from gradio.utils import get_upload_folder
 from cbam_viz.app.controls import TOP1, check_controls, format_box, parse_box
 from cbam_viz.app.figure_export import MAX_FIGURE_ROWS, ExportFolder, export_figure
 from cbam_viz.app.served import served
-from cbam_viz.app.server import user_errors
+from cbam_viz.app.server import log, user_errors
 from cbam_viz.app.studio import Studio
 from cbam_viz.app.uploads import SourceImage
 from cbam_viz.app.views import (
     attention_overlay,
     caption_markdown,
+    colorbar_html,
+    download_name,
     familiarity_banner,
+    familiarity_gauge,
     heatmap_overlay,
     localization_markdown,
     localization_preview,
@@ -28,11 +33,21 @@ from cbam_viz.app.views import (
     scores_json,
     top5_label,
 )
-from cbam_viz.cam.engine import DEFAULT_LAYER, DEFAULT_METHOD, LAYERS, METHODS
+from cbam_viz.cam.engine import DEFAULT_LAYER, DEFAULT_METHOD, LAYERS, METHODS, SLOW_METHODS
 from cbam_viz.cam.figures import channel_attention_figure
+from cbam_viz.cam.scorecam import RunControl
 from cbam_viz.errors import CbamVizError
 from cbam_viz.io.checkpoints import MODEL_KEYS
 from cbam_viz.io.images import ImageError
+
+
+DEFAULT_SHOWN = {"target": TOP1, "method": DEFAULT_METHOD, "layer": DEFAULT_LAYER}  # what a refusal falls back to
+
+
+def warn(err: CbamVizError) -> None:
+    """Say on the page, as a warning toast, why a request was refused (HTML-escaped: file names come from users)."""
+    log.info("refused: %s", err)
+    gr.Warning(html.escape(str(err), quote=False))
 
 
 class Handlers:
@@ -44,10 +59,9 @@ class Handlers:
 
     def __init__(self, studio: Studio, exports: ExportFolder) -> None:
         self.studio, self.exports = studio, exports
+        self.stops: dict[str, threading.Event] = {}  # visitor (session) -> the Stop of their running slow request
         self.uploads = (get_upload_folder(),)
         self.names = {key: loaded.meta.display_name for key, loaded in studio.models.items()}
-        # update_page's outputs without an image: the banner hidden, every heatmap, caption and score empty
-        self.empty_page = (gr.Markdown(visible=False), None, "", None, None, "", None, None, None, "")
 
     def open_upload(self, payload: Any) -> SourceImage | None:
         """The uploaded image a payload names (None when empty); only files in Gradio's upload folder are accepted."""
@@ -85,58 +99,113 @@ class Handlers:
         analysis = self.studio.analyse(source, target, method, layer)
         localization = self.studio.localize(analysis, parse_box(box))
         return (
-            served(heatmap_overlay(analysis, "baseline", opacity, colormap)),
-            served(heatmap_overlay(analysis, "cbam", opacity, colormap)),
+            served(heatmap_overlay(analysis, "baseline", opacity, colormap), download_name(analysis, "baseline")),
+            served(heatmap_overlay(analysis, "cbam", opacity, colormap), download_name(analysis, "cbam")),
             scores_json(analysis, localization),
         )
 
     @user_errors
-    def update_page(self, image, target, method, layer, opacity, colormap, box) -> tuple:
-        """Everything the page shows of one image: banner, both heatmaps with captions and top-5, scores."""
-        source = self.open_upload(image)
+    def update_page(self, image, target, method, layer, opacity, colormap, box, shown=None,
+                    request: gr.Request = None, progress=gr.Progress()) -> tuple:  # fmt: skip
+        """Everything the page shows of one image: banner, both heatmaps with captions, familiarity and top-5,
+        scores and localization. A refused, stopped or cancelled request (a slow method over its limit, a bad box)
+        keeps what the page showed and puts the controls back to what produced it; a bad image clears the results.
+        A slow method reports its progress and stops when the same visitor presses Stop (`stop_slow`)."""
+        session = getattr(request, "session_hash", None) or ""
+        label = METHODS[method].label if method in METHODS else ""
+        control = RunControl(
+            progress=lambda done, total: progress((done, total), desc=f"{label}: channel passes", unit="passes"),
+            cancel=self.stops.setdefault(session, threading.Event()) if method in SLOW_METHODS else None,
+        )
+        try:
+            return self._update_page(image, target, method, layer, opacity, colormap, box, shown, control)
+        finally:
+            if control.cancel is not None:
+                self.stops.pop(session, None)
+
+    def stop_slow(self, request: gr.Request = None) -> None:
+        """The Stop button: end this visitor's running slow-method request (it keeps the previous result)."""
+        stop = self.stops.get(getattr(request, "session_hash", None) or "")
+        if stop is None:
+            gr.Info("No ScoreCAM run of yours is running.")
+        else:
+            stop.set()
+
+    def _update_page(self, image, target, method, layer, opacity, colormap, box, shown, control) -> tuple:
+        try:
+            source = self.open_upload(image)
+        except CbamVizError as err:
+            warn(err)
+            return self.empty_page()
         if source is None:
-            return self.empty_page
+            return self.empty_page()
+        try:
+            return self.render_page(source, target, method, layer, opacity, colormap, parse_box(box), control=control)
+        except CbamVizError as err:
+            warn(err)
+        kept = shown if isinstance(shown, dict) and shown.get("image") == source.key else DEFAULT_SHOWN
+        return self.render_page(source, kept["target"], kept["method"], kept["layer"], opacity, colormap, None,
+                                revert=True)  # fmt: skip
+
+    def empty_page(self) -> tuple:
+        """update_page's outputs without an image: the empty-state note, every result hidden or empty."""
+        per_model = (gr.Image(None, visible=False), "", "", gr.Label(None, visible=False)) * len(MODEL_KEYS)
+        return (gr.Markdown(visible=True), gr.Markdown(visible=False), *per_model, None, None, "", None,
+                *(gr.skip(),) * 3)  # fmt: skip
+
+    def render_page(self, source: SourceImage, target, method, layer, opacity, colormap, box,
+                    revert: bool = False, control: RunControl | None = None) -> tuple:  # fmt: skip
+        """update_page's outputs for one image and set of controls; `revert` also sets the target, method and
+        layer controls to these (after a refused request)."""
         method, layer, opacity, colormap = check_controls(method, layer, opacity, colormap)
-        analysis = self.studio.analyse(source, target, method, layer)
-        localization = self.studio.localize(analysis, parse_box(box))
+        analysis = self.studio.analyse(source, target, method, layer, control)
+        localization = self.studio.localize(analysis, box)
         title = METHODS[method].label + ("" if layer == DEFAULT_LAYER else f" · {layer}")
         warning = familiarity_banner(analysis)
-        outputs = [gr.Markdown(warning, visible=bool(warning))]
+        outputs = [gr.Markdown(visible=False), gr.Markdown(warning, visible=bool(warning))]
         for key in MODEL_KEYS:
             result = analysis.results[key]
-            picture = served(heatmap_overlay(analysis, key, opacity, colormap))
+            picture = served(heatmap_overlay(analysis, key, opacity, colormap), download_name(analysis, key))
             outputs += [
-                gr.Image(value=picture, label=f"{self.names[key]} · {title}"),
-                caption_markdown(result),
-                top5_label(result),
+                gr.Image(picture, visible=True),
+                caption_markdown(result, title),
+                familiarity_gauge(result, self.studio.models[key].familiarity),
+                gr.Label(top5_label(result), visible=True),
             ]
+        shown = {"image": source.key, "target": analysis.target, "method": method, "layer": layer}
+        controls = (analysis.target, method, layer) if revert else (gr.skip(),) * 3
         return (
             *outputs,
             scores_json(analysis, localization),
             served(localization_preview(analysis, localization)),
             localization_markdown(analysis, localization),
+            shown,
+            *controls,
         )
 
     @user_errors
-    def update_attention(self, image, block1, block2, block3, block4, opacity, colormap) -> tuple:
-        """The CBAM attention tab: the chosen block's spatial map in each stage, and the channel weights plot."""
+    def update_attention(self, image, block1, block2, block3, block4, opacity, colormap, stretch=False) -> tuple:
+        """The CBAM attention tab: the chosen block's spatial map in each stage (absolute 0-1 scale, or stretched),
+        a note under each nearly constant one, the colour bar, and the channel weights plot."""
         try:
             source = self.open_upload(image)
         except ImageError:  # update_page, triggered by the same upload, already says what is wrong with it
             source = None
         if source is None:
-            return (None,) * 5
+            return (gr.Image(None, visible=False),) * 4 + ("",) * 4 + ("", gr.Plot(None, visible=False))
         _, _, opacity, colormap = check_controls(DEFAULT_METHOD, DEFAULT_LAYER, opacity, colormap)
         analysis = self.studio.base(source)
         attention = analysis.results["cbam"].attention
         if attention is None:
             raise CbamVizError("the CBAM checkpoint recorded no attention maps")
         blocks = [pick_block(attention, stage, b) for stage, b in zip(LAYERS, (block1, block2, block3, block4))]
-        images = []
+        images, notes = [], []
         for block in blocks:
-            picture, caption = attention_overlay(analysis, block, opacity, colormap)
-            images.append(gr.Image(value=served(picture) if picture is not None else None, label=caption))
-        return (*images, channel_attention_figure(attention, blocks))
+            picture, label, note = attention_overlay(analysis, block, opacity, colormap, bool(stretch))
+            images.append(gr.Image(served(picture) if picture is not None else None, label=label, visible=True))
+            notes.append(note)
+        plot = gr.Plot(channel_attention_figure(attention, blocks), visible=True)
+        return (*images, *notes, colorbar_html(colormap, bool(stretch)), plot)
 
     @user_errors
     def paper_figure(self, image=None, extra_images=None, include_current=True, title="", target=TOP1,
@@ -166,6 +235,13 @@ class Handlers:
     def reset_box() -> tuple[None, str, str]:
         """No corner clicked, no box, no hint."""
         return None, "", ""
+
+    @staticmethod
+    def pick_example(evt: gr.SelectData):
+        """A click on an example: its picture (Gradio's cached copy, in the upload folder) becomes the image."""
+        value = evt.value if isinstance(evt.value, dict) else {}
+        image = value.get("image")
+        return image.get("path") if isinstance(image, dict) and image.get("path") else gr.skip()
 
     def pick_target(self, evt: gr.SelectData):
         """A click on a top-5 entry makes its class the target of both models."""

@@ -19,7 +19,7 @@ from cbam_viz.app.cache import CACHE_MB
 from cbam_viz.app.figure_export import ExportFolder
 from cbam_viz.app.served import CACHE_SECONDS
 from cbam_viz.app.studio import SLOW_SECONDS, Studio
-from cbam_viz.app.ui import CSS, build_demo, queue
+from cbam_viz.app.ui import CSS, HEAD, THEME, build_demo, queue
 from cbam_viz.devices import resolve_device
 from cbam_viz.errors import CbamVizError
 from cbam_viz.io.checkpoints import load_pair
@@ -122,9 +122,12 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `docker stop`: close the server cleanly
     try:
         demo.launch(
-            server_name=args.host, server_port=args.port, share=False, show_error=False,
-            max_file_size=args.max_file_size, css=CSS, mcp_server=args.mcp,
+            server_name=args.host, server_port=args.port, share=False, show_error=False, quiet=True,
+            prevent_thread_lock=True, max_file_size=args.max_file_size, css=CSS, head=HEAD, theme=THEME,
+            mcp_server=args.mcp,
         )
+        print(f"CBAM Grad-CAM Studio is serving on {demo.local_url} (Ctrl+C stops it)", flush=True)
+        demo.block_thread()
     except KeyboardInterrupt:
         pass
     finally:

@@ -21,30 +21,31 @@ CACHE_SECONDS = 1800  # uploads and served pictures are deleted this long after 
 OVERLAYS = "overlays"  # the folder of Gradio's cache that served pictures go to
 
 
-def save_once(image: Image.Image, folder: str | os.PathLike, fmt: str = "webp") -> Path:
-    """Write `image` as folder/<new random id>.fmt, atomically, and return the path: a file that is never
-    rewritten, so a client still reading an earlier response's picture cannot see it change."""
+def save_once(image: Image.Image, folder: str | os.PathLike, fmt: str = "webp", name: str | None = None) -> Path:
+    """Write `image` atomically under a new random id and return the path: folder/<id>.fmt, or folder/<id>/name.fmt
+    when `name` is given (the name a download gets). A file that is never rewritten, so a client still reading an
+    earlier response's picture cannot see it change."""
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
-    path = Path(folder) / f"{uuid.uuid4().hex}.{fmt}"
+    unique = uuid.uuid4().hex
+    path = Path(folder) / (f"{unique}.{fmt}" if name is None else f"{unique}/{name}.{fmt}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
 def delete_old_files(folder: str | os.PathLike, older_than: float) -> int:
-    """Delete the files directly in `folder` whose ctime is `older_than` seconds or more ago; returns how many."""
+    """Delete the files in `folder` and below whose ctime is `older_than` seconds or more ago; returns how many."""
     removed, cutoff = 0, time.time() - older_than
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return 0
-    for entry in entries:
-        try:
-            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_ctime <= cutoff:
-                os.remove(entry.path)
-                removed += 1
-        except OSError:
-            pass
+    for parent, _, files in os.walk(folder):
+        for file in files:
+            path = os.path.join(parent, file)
+            try:
+                if os.lstat(path).st_ctime <= cutoff:
+                    os.remove(path)
+                    removed += 1
+            except OSError:
+                pass
     return removed
 
 
@@ -67,14 +68,16 @@ def prune_empty_folders(root: str | os.PathLike, older_than: float) -> int:
     return removed
 
 
-def served(picture: Image.Image) -> str:
-    """A picture for an output gr.Image, written once, atomically, under a name no other response uses.
+def served(picture: Image.Image, name: str | None = None) -> str:
+    """A picture for an output gr.Image, written once, atomically, under a path no other response uses: a WEBP, or
+    a PNG called `name`.png when the picture is one a user downloads.
 
     Given a PIL image, Gradio saves it as <cache>/<hash of its bytes>/image.webp and rewrites that file in place
     each time, so a client fetching the same overlay for an earlier identical request could read it empty or
     half-written. Given this path in its cache, Gradio serves the file as it is; StudioBlocks' pruning deletes it.
     """
-    return str(save_once(picture, Path(get_upload_folder()) / OVERLAYS))
+    folder = Path(get_upload_folder()) / OVERLAYS
+    return str(save_once(picture, folder) if name is None else save_once(picture, folder, "png", name))
 
 
 def cache_schedule(cache_seconds: int) -> tuple[int, int]:

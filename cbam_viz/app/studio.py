@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from cbam_viz.app.uploads import SourceImage, base_name, check_upload, image_key
 from cbam_viz.cam.engine import (
     DEFAULT_LAYER,
     DEFAULT_METHOD,
+    LAYERS,
     METHODS,
     SLOW_METHODS,
     ModelResult,
@@ -43,6 +44,7 @@ from cbam_viz.cam.engine import (
     resolve_target,
     run_models,
 )
+from cbam_viz.cam.scorecam import OverTime, RunControl, Stopped
 from cbam_viz.errors import ECHO_CHARS, CbamVizError, echo
 from cbam_viz.eval.metrics import box_mask, energy_in_mask, pointing_hit
 from cbam_viz.io.checkpoints import MODEL_KEYS, LoadedModel
@@ -52,11 +54,17 @@ from cbam_viz.lru import LRU, nbytes
 from cbam_viz.nn.resnet import branch_channels
 
 # Methods that run the model once per channel of the explained layer (256 at layer1 to 2048 at layer4): at most
-# one such request runs at a time, and one whose estimated time exceeds Studio.slow_seconds is refused.
+# one such request runs at a time, one whose estimated time exceeds Studio.slow_seconds is refused, and a run is
+# stopped when it reaches that limit.
 SLOW_SECONDS = 60.0
 # ScoreCAM forwards its masked copies of the image in batches, cheaper per copy than a forward pass of one image:
-# until a run has measured the cost of one copy here, it is taken as this share of the fastest forward pass seen.
+# until a run has measured the cost of one copy at a layer, it is taken as this share of the fastest forward pass seen.
 SLOW_PASS_SHARE = 0.5
+# A run's measured cost of one copy counts this much against what the earlier runs at its layer measured.
+SLOW_NEW_WEIGHT = 0.5
+# Seconds after which a measured cost's excess over that share of a forward pass counts half: a run slowed by a busy
+# machine does not refuse its layer for good.
+SLOW_HALF_LIFE = 600.0
 
 
 @dataclass
@@ -107,7 +115,7 @@ class Studio:
         self.model_runs = 0  # model passes started (one per model per cache miss)
         self.slow_seconds = slow_seconds
         self.forward_seconds: float | None = None  # the fastest forward pass of one model on one image seen
-        self.slow_pass_seconds: float | None = None  # one pass of a slow method, measured on its runs
+        self._pass_seconds: dict[str, tuple[float, float]] = {}  # layer -> (one slow pass's cost, time.monotonic())
         self._lock = threading.Lock()
         self._slow = threading.Lock()  # held by the one slow-method request that may run
         # model passes of the fast methods that may run at once, beside the one slow request (which has its own slot)
@@ -226,54 +234,105 @@ class Studio:
         return indices[0]
 
     def analyse(
-        self, source: SourceImage, target: object = TOP1, method: str = DEFAULT_METHOD, layer: str = DEFAULT_LAYER
+        self,
+        source: SourceImage,
+        target: object = TOP1,
+        method: str = DEFAULT_METHOD,
+        layer: str = DEFAULT_LAYER,
+        control: RunControl | None = None,
     ) -> Analysis:
-        """Both models' heatmaps for `target` (class name/index for both, or 'top1' = each its own) by method/layer."""
+        """Both models' heatmaps for `target` (class name/index for both, or 'top1' = each its own) by method/layer.
+
+        A slow method's run reports to `control.progress` and stops at `control.cancel` (a Cancelled error) or at
+        slow_seconds (an OverTime error, the studio sets the deadline); a stopped model's heatmap is not cached.
+        """
         method, layer, _, _ = check_controls(method, layer)
         target = normalise_target(target)
         shown, base = self._base_entry(source)
         indices = {key: self.target_index(key, target, base[key]) for key in self.models}
-        cached = all((source.key, key, method, layer, indices[key]) in self._results for key in self.models)
-        with contextlib.nullcontext() if method not in SLOW_METHODS or cached else self._slow_slot(method, layer):
+        todo = [key for key in self.models if (source.key, key, method, layer, indices[key]) not in self._results]
+        slow = method in SLOW_METHODS and todo
+        with self._slow_slot(method, layer, todo, control) if slow else contextlib.nullcontext({}) as controls:
             results = {
-                key: self._result(source, key, method, layer, indices[key], base[key], shown) for key in self.models
+                key: self._result(source, key, method, layer, indices[key], base[key], shown, controls.get(key))
+                for key in self.models
             }
         return Analysis(source, shown, results, target, method, layer)
 
-    def _slow_passes(self, layer: str) -> list[int]:
-        return [branch_channels(getattr(loaded.model, layer)[-1]) for loaded in self.models.values()]
+    def _slow_passes(self, layer: str) -> dict[str, int]:
+        return {key: branch_channels(getattr(loaded.model, layer)[-1]) for key, loaded in self.models.items()}
+
+    def pass_seconds(self, layer: str) -> float:
+        """Estimated seconds of one pass of a slow method at `layer`: what its runs there measured, newer runs
+        weighing more and the excess over the prior (a share of the fastest forward pass) fading with age."""
+        prior = SLOW_PASS_SHARE * (self.forward_seconds or 0.0)
+        with self._lock:
+            known = self._pass_seconds.get(layer)
+        if known is None:
+            return prior
+        seconds, when = known
+        fading = 0.5 ** ((time.monotonic() - when) / SLOW_HALF_LIFE)
+        return min(seconds, prior) + max(seconds - prior, 0.0) * fading
 
     def slow_estimate(self, method: str, layer: str) -> tuple[int, float]:
         """(forward passes per model, estimated seconds for both models) of a slow method at `layer`: one pass per
-        channel of the layer, each costing what the last runs measured (before any, a share of a forward pass)."""
-        passes = self._slow_passes(layer)
-        per_pass = self.slow_pass_seconds or SLOW_PASS_SHARE * (self.forward_seconds or 0.0)
-        return max(passes), sum(passes) * per_pass
+        channel of the layer, each costing `pass_seconds(layer)`."""
+        passes = self._slow_passes(layer).values()
+        return max(passes), sum(passes) * self.pass_seconds(layer)
+
+    def _measure(self, layer: str, seconds: float, passes: int) -> None:
+        """Count a slow run's cost per pass (`passes` done in `seconds`, finished or stopped) at `layer`."""
+        if passes <= 0:
+            return
+        measured = seconds / passes
+        known = self.pass_seconds(layer) if layer in self._pass_seconds else measured
+        with self._lock:
+            self._pass_seconds[layer] = (known + SLOW_NEW_WEIGHT * (measured - known), time.monotonic())
 
     @contextlib.contextmanager
-    def _slow_slot(self, method: str, layer: str) -> Iterator[None]:
-        """Run a slow method only if its estimated time is within slow_seconds and no other one is running."""
+    def _slow_slot(
+        self, method: str, layer: str, keys: list[str], control: RunControl | None
+    ) -> Iterator[dict[str, RunControl]]:
+        """Run a slow method for models `keys` only if its estimated time is within slow_seconds and no other one is
+        running; yields each model's control: the caller's progress and cancel, one count, a deadline at the limit."""
         label = METHODS[method].label
         passes, seconds = self.slow_estimate(method, layer)
         if seconds > self.slow_seconds:
             raise CbamVizError(
                 f"{label} at {layer} runs each model {passes} times (once per channel), about {duration(seconds)} "
-                f"on this server, over its limit of {duration(self.slow_seconds)}: pick another method (one pass "
-                "each) or an earlier layer"
+                f"on this server, over its limit of {duration(self.slow_seconds)}{fewer_passes(layer)}"
             )
         if not self._slow.acquire(blocking=False):
             raise CbamVizError(f"another {label} request is running (they run one at a time): try again shortly")
-        began = time.perf_counter()
+        began = time.monotonic()
+        channels = self._slow_passes(layer)
+        total = sum(channels[key] for key in keys)
+        shared = replace(control or RunControl(), deadline=began + self.slow_seconds, total=total)
+        before = [sum(channels[key] for key in keys[:i]) for i in range(len(keys))]
         try:
-            yield
-            measured = (time.perf_counter() - began) / sum(self._slow_passes(layer))
-            last = self.slow_pass_seconds
-            self.slow_pass_seconds = measured if last is None else (last + measured) / 2
+            yield {key: replace(shared, done_before=done) for key, done in zip(keys, before)}
+            self._measure(layer, time.monotonic() - began, total)
+        except Stopped as stopped:
+            self._measure(layer, time.monotonic() - began, stopped.done)
+            if not isinstance(stopped, OverTime):
+                raise
+            raise OverTime(
+                f"{label} stopped at its limit of {duration(self.slow_seconds)} after {stopped.done} of "
+                f"{stopped.total} channels{fewer_passes(layer)}", stopped.done, stopped.total,
+            ) from None
         finally:
             self._slow.release()
 
     def _result(
-        self, source: SourceImage, key: str, method: str, layer: str, index: int, base: ModelResult, shown: Image.Image
+        self,
+        source: SourceImage,
+        key: str,
+        method: str,
+        layer: str,
+        index: int,
+        base: ModelResult,
+        shown: Image.Image,
+        control: RunControl | None = None,
     ) -> ModelResult:
         if (base.method, base.layer, base.targets) == (method, layer, [index]):
             return base
@@ -286,7 +345,8 @@ class Studio:
             self._count(1)
             with contextlib.nullcontext() if method in SLOW_METHODS else self._fast:  # slow: analyse holds its slot
                 comparison = run_models(
-                    [source.image], {key: loaded}, target=index, method=method, layer=layer, max_side=self.max_side
+                    [source.image], {key: loaded}, target=index, method=method, layer=layer, max_side=self.max_side,
+                    control=control,
                 )[0]
             return comparison.results[key]
 
@@ -334,6 +394,12 @@ class Studio:
             for key, res in analysis.results.items()
         }
         return Localization(source, mask, kept_box, scores)
+
+
+def fewer_passes(layer: str) -> str:
+    """The advice that ends a slow method's refusal or stop: another method, or an earlier layer where one exists."""
+    earlier = LAYERS[: LAYERS.index(layer)]
+    return ": pick another method (one pass each)" + (f" or an earlier layer ({', '.join(earlier)})" if earlier else "")
 
 
 def duration(seconds: float) -> str:

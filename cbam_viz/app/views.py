@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
@@ -17,18 +19,21 @@ from cbam_viz.app.controls import format_box
 from cbam_viz.app.studio import Analysis, Localization, duration
 from cbam_viz.app.uploads import base_name
 from cbam_viz.cam.engine import METHODS, SLOW_METHODS, ModelResult, upsample
-from cbam_viz.cam.render import overlay
+from cbam_viz.cam.render import colorize, overlay
 from cbam_viz.errors import CbamVizError
 from cbam_viz.eval.metrics import agreement, peak
 from cbam_viz.familiarity.detectors import SCORE_NAMES
 from cbam_viz.io.checkpoints import LoadedModel
 
+NEARLY_CONSTANT = 0.1  # a spatial map spanning less than this is flagged under the picture
+NEARLY_CONSTANT_NOTE = "nearly constant: this block barely reweights positions here"
 ATTENTION_CAPTION = (
-    "**Spatial attention** (top row): CBAM's map Ms of the chosen block in each stage, the weight (0 to 1) it gives "
-    "each position before the residual add; shown stretched to its own range, which each label gives. Early "
-    "stages see edges and texture, layer4 sees whole objects. **Channel attention** (plot): the weights Mc of the "
-    "same blocks' channels, sorted from most boosted to most suppressed; the box names the most boosted channels "
-    "by index. A flat curve near 0.5 means the block barely reweights its channels."
+    "**Spatial attention** (top row): CBAM's map Ms of the chosen block in each stage, the weight from 0 to 1 by "
+    "which the block multiplies each position of its output before the residual add, on the colour bar's scale "
+    "(absolute 0 to 1, or each map stretched to its own range; each label gives the range). A map that spans less "
+    f"than {NEARLY_CONSTANT:g} barely reweights positions. **Channel attention** (plot): the weights Mc of the same "
+    "blocks' channels, sorted from most boosted to most suppressed; the box names the most boosted channels by "
+    "index. A flat curve means the block barely reweights its channels."
 )
 
 
@@ -46,10 +51,17 @@ def heatmap_overlay(analysis: Analysis, key: str, opacity: float = 0.5, colormap
     return overlay(analysis.image, analysis.results[key].heatmaps[0], opacity, colormap)
 
 
-def caption_markdown(result: ModelResult) -> str:
-    """The lines under a heatmap, as in the paper's figure: the explained class, then its softmax P."""
+def caption_markdown(result: ModelResult, title: str) -> str:
+    """The lines under a heatmap, as in the paper's figure: the model and method, the explained class, its P."""
     target = result.target
-    return f"{_md(target.label)}  \n**P = {target.prob:.3f}**"
+    return f"**{_md(result.meta.display_name)}** · {_md(title)}  \n{_md(target.label)}  \n**P = {target.prob:.3f}**"
+
+
+def download_name(analysis: Analysis, key: str) -> str:
+    """The heatmap's file name for a download: photo, model, method and layer (camel_cbam-resnet50_gradcam_layer4)."""
+    stem = re.sub(r"[^\w.-]+", "_", Path(analysis.source.name).stem).strip("._")[:60] or "image"
+    model = re.sub(r"[^\w.-]+", "-", analysis.results[key].meta.display_name.lower())
+    return f"{stem}_{model}_{analysis.method}_{analysis.layer}"
 
 
 def top5_label(result: ModelResult) -> dict[str, float]:
@@ -66,21 +78,34 @@ def pick_block(attention: Any, stage: str, block: object) -> str:
 
 
 def attention_overlay(
-    analysis: Analysis, block: str, opacity: float = 0.5, colormap: str = "jet"
-) -> tuple[Image.Image | None, str]:
-    """One CBAM block's spatial attention, stretched to [0, 1] and overlaid, and a caption with its true range;
-    no picture, and a caption saying so, for a block without a spatial gate."""
+    analysis: Analysis, block: str, opacity: float = 0.5, colormap: str = "jet", stretch: bool = False
+) -> tuple[Image.Image | None, str, str]:
+    """One CBAM block's spatial attention overlaid on the absolute 0-1 scale (or stretched to its own range), its
+    label with the true range, and a note when the map is nearly constant; no picture for a block without one."""
     attention = analysis.results["cbam"].attention
     if attention is None:
         raise CbamVizError("the CBAM checkpoint recorded no attention maps")
     if block not in attention.spatial:
-        return None, f"{block} · channel attention only: this CBAM variant has no spatial map"
+        return None, f"{block} · channel attention only: this CBAM variant has no spatial map", ""
     spatial = attention.spatial[block].float().cpu().numpy()
     low, high = float(spatial.min()), float(spatial.max())
-    stretched = (spatial - low) / (high - low) if high > low else np.zeros_like(spatial)
-    image = overlay(analysis.image, stretched.astype(np.float32), opacity, colormap)
+    if stretch:
+        spatial = (spatial - low) / (high - low) if high > low else np.zeros_like(spatial)
     h, w = spatial.shape
-    return image, f"{block} · {w}×{h} · Ms from {low:.2f} to {high:.2f}"
+    shown = cv2.resize(np.clip(spatial, 0, 1).astype(np.float32), analysis.image.size, interpolation=cv2.INTER_LINEAR)
+    note = f"{block}: {NEARLY_CONSTANT_NOTE} (Ms {low:.2f}–{high:.2f})" if high - low < NEARLY_CONSTANT else ""
+    return overlay(analysis.image, shown, opacity, colormap), f"{block} · {w}×{h} · Ms {low:.2f}–{high:.2f}", note
+
+
+def colorbar_html(colormap: str, stretch: bool) -> str:
+    """The attention maps' colour bar: the colormap as a CSS gradient, with its two ends named."""
+    colours = colorize(np.linspace(0, 1, 11)[None], colormap)[0]
+    stops = ", ".join(f"rgb({r}, {g}, {b}) {i * 10}%" for i, (r, g, b) in enumerate(colours))
+    low, high = ("each map's minimum", "its maximum") if stretch else ("0: position suppressed", "1: kept in full")
+    return (
+        f'<div class="colorbar" style="background: linear-gradient(to right, {stops})"></div>'
+        f'<div class="colorbar-ends"><span>{low}</span><span>Ms</span><span>{high}</span></div>'
+    )
 
 
 def last_attention_agreement(result: ModelResult) -> tuple[str, float] | None:
@@ -94,33 +119,38 @@ def last_attention_agreement(result: ModelResult) -> tuple[str, float] | None:
     return block, agreement(upsample(spatial, (heat.shape[1], heat.shape[0]))[0], heat)
 
 
+# each model's peak marker: colour and size relative to the circle; the CBAM square is larger, so that both stay
+# visible when the peaks coincide, and a dark rim keeps either visible on any photo
+PEAK_MARKERS = {"baseline": ((0, 170, 255), 1.0), "cbam": ((255, 60, 200), 1.6)}
+
+
 def localization_preview(analysis: Analysis, localization: Localization | None) -> Image.Image:
     """The displayed image with the object's outline (mask or box) and each model's heatmap peak marked."""
     image = analysis.image.convert("RGB").copy()
     draw = ImageDraw.Draw(image)
-    w, h = image.size
-    line = max(2, round(min(w, h) / 150))
+    side = min(image.size)
+    line, radius = max(3, round(side / 90)), max(10, round(side / 18))
     if localization is not None:
         mask = localization.mask
         edge = mask & ~ndimage.binary_erosion(mask)  # 4-neighbour; outside the image counts as background
         shade = np.asarray(image).copy()
         shade[~mask] = (shade[~mask] * 0.55).astype(np.uint8)
-        shade[ndimage.binary_dilation(edge, iterations=line // 2)] = (255, 255, 255)  # line >= 2: iterations >= 1
+        shade[ndimage.binary_dilation(edge, iterations=max(1, line // 3))] = (255, 255, 255)
         image = Image.fromarray(shade)
         draw = ImageDraw.Draw(image)
-    r = max(4, round(min(w, h) / 40))
-    for key, color in (("baseline", (0, 160, 255)), ("cbam", (255, 60, 200))):
+    for key, (color, size) in PEAK_MARKERS.items():
         y, x = peak(analysis.results[key].heatmaps[0])
-        if key == "baseline":
-            draw.ellipse((x - r, y - r, x + r, y + r), outline=color, width=line)
-        else:
-            draw.rectangle((x - r, y - r, x + r, y + r), outline=color, width=line)
+        r = round(radius * size)
+        shape = draw.ellipse if key == "baseline" else draw.rectangle
+        shape((x - r - line, y - r - line, x + r + line, y + r + line), outline=(0, 0, 0), width=3 * line)
+        shape((x - r, y - r, x + r, y + r), outline=color, width=line)
     return image
 
 
 def localization_markdown(analysis: Analysis, localization: Localization | None) -> str:
     """A small table: pointing-game hit and energy inside the mask/box per model, plus CBAM's agreement score."""
-    lines = []
+    names = {key: res.meta.display_name for key, res in analysis.results.items()}
+    lines = [f"Heatmap peaks: blue circle = {names['baseline']}, larger pink square = {names['cbam']}.", ""]
     if localization is None:
         lines.append(
             "No object location for this image. Pick a bundled example (they ship object masks), type a box "
@@ -131,7 +161,7 @@ def localization_markdown(analysis: Analysis, localization: Localization | None)
             f"the box {format_box(localization.box)}" if localization.box is not None else "the example's object mask"
         )
         lines += [
-            f"Object location: {where} (outlined). Heatmap peaks: circle = ResNet50, square = CBAM.",
+            f"Object location: {where} (outlined).",
             "",
             "| model | target | pointing game | energy in " + ("box" if localization.box else "mask") + " |",
             "|---|---|---|---|",
@@ -277,6 +307,48 @@ def familiarity_banner(analysis: Analysis) -> str:
     return (
         f"⚠️ **This image looks unlike {classes} {whose} trained on** (unfamiliar to {names}): "
         "the top-5 and heatmaps here are not meaningful."
+    )
+
+
+FAMILIARITY_STATES = {
+    "familiar": "familiar",
+    "borderline": "borderline: close to the threshold",
+    "unfamiliar": "unfamiliar: answer not meaningful",
+}
+
+
+def gauge_scale(threshold: float, quantiles: dict[str, float] | None) -> tuple[float, float, float]:
+    """(left end, start of the borderline band, right end) of a familiarity gauge: from the validation median to
+    half that distance past the threshold, the band from the 80% quantile. A detector that recorded no
+    quantiles gets no band (familiar or unfamiliar only) on a scale of its threshold's size."""
+    if quantiles and "0.5" in quantiles and "0.8" in quantiles:
+        low, border = float(quantiles["0.5"]), float(quantiles["0.8"])
+    else:
+        low, border = threshold - max(abs(threshold), 1.0), threshold
+    low = min(low, threshold - 1e-6)
+    return low, min(max(border, low), threshold), threshold + (threshold - low) / 2
+
+
+def familiarity_gauge(result: ModelResult, detector: Any) -> str:
+    """A small gauge of one model's familiarity score against its threshold, labelled familiar, borderline or
+    unfamiliar; '' when the checkpoint has no detector."""
+    score = result.familiarity
+    if score is None or detector is None:
+        return ""
+    low, border, high = gauge_scale(score.threshold, detector.info.get("val_quantiles"))
+    state = "unfamiliar" if score.unfamiliar else "borderline" if border < score.score else "familiar"
+
+    def at(value: float) -> float:
+        return round(100 * min(max((value - low) / (high - low), 0.0), 1.0), 1)
+
+    return (
+        f'<div class="gauge gauge-{state}" title="{SCORE_NAMES.get(score.method, score.method)}: higher is less '
+        f'familiar">'
+        f'<div class="gauge-track"><span class="gauge-band" style="left: {at(border)}%; width: '
+        f'{at(score.threshold) - at(border)}%"></span><span class="gauge-threshold" style="left: '
+        f'{at(score.threshold)}%"></span><span class="gauge-marker" style="left: {at(score.score)}%"></span></div>'
+        f'<div class="gauge-text"><b>{FAMILIARITY_STATES[state]}</b> · score {score.score:.2f}, threshold '
+        f"{score.threshold:.2f}</div></div>"
     )
 
 

@@ -25,7 +25,6 @@ from pytorch_grad_cam import (
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
-    ScoreCAM,
     XGradCAM,
 )
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
@@ -33,12 +32,13 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchvision.transforms.v2 import functional as TF
 
+from cbam_viz.cam.scorecam import BoundedScoreCAM, RunControl
 from cbam_viz.errors import CbamVizError, echo
 from cbam_viz.familiarity.detectors import FamiliarityScore, Maps
 from cbam_viz.io.checkpoints import LoadedModel, ModelMeta
 from cbam_viz.io.images import load_image
 from cbam_viz.nn.attention import AttentionMaps, capture_attention
-from cbam_viz.nn.resnet import STAGES, forward_maps
+from cbam_viz.nn.resnet import STAGES, branch_channels, forward_maps
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ METHODS: dict[str, CamMethod] = {
         CamMethod("layercam", LayerCAM, "LayerCAM"),
         CamMethod("xgradcam", XGradCAM, "XGradCAM"),
         CamMethod("eigencam", EigenCAM, "EigenCAM", gradients=False),
-        CamMethod("scorecam", ScoreCAM, "ScoreCAM", slow=True, gradients=False),
+        CamMethod("scorecam", BoundedScoreCAM, "ScoreCAM", slow=True, gradients=False),
     )
 }
 SLOW_METHODS = tuple(name for name, method in METHODS.items() if method.slow)
@@ -224,26 +224,37 @@ class OwnThreadActivations(ActivationsAndGradients):
             super().save_gradient(module, input, output)
 
 
-def package_cam(loaded: LoadedModel, x: torch.Tensor, targets: list[list[int]], method: str, layer: str) -> np.ndarray:
+def package_cam(
+    loaded: LoadedModel,
+    x: torch.Tensor,
+    targets: list[list[int]],
+    method: str,
+    layer: str,
+    control: RunControl | None = None,
+) -> np.ndarray:
     """Any grad-cam method on any stage: (N, T, S, S) normalised CAMs at the input size, one call per target slot.
 
     Passes of the gradient methods on one model are serialised (their backward passes share its parameters'
     .grad); the methods without a backward (ScoreCAM, EigenCAM) and the lock-free fast path run beside them, because
-    the recorder ignores other threads' forwards.
+    the recorder ignores other threads' forwards. `control` steers ScoreCAM (its count spans every target slot).
     """
     spec = METHODS[method]
     target_layers = [getattr(loaded.model, layer)]
+    slots = len(targets[0])
     with spec.cam_class(model=loaded.model, target_layers=target_layers) as cam:
         cam.activations_and_grads.release()
+        if isinstance(cam, BoundedScoreCAM) and control is not None:
+            passes = slots * len(x) * branch_channels(target_layers[0][-1])
+            cam.control = control if control.total else replace(control, total=passes)
         with loaded.lock if spec.gradients else contextlib.nullcontext():
             cam.activations_and_grads = OwnThreadActivations(loaded.model, target_layers)
-            slots = [
+            cams = [
                 cam(input_tensor=x, targets=[ClassifierOutputTarget(t[slot]) for t in targets])
-                for slot in range(len(targets[0]))
+                for slot in range(slots)
             ]
             if spec.gradients:
                 loaded.model.zero_grad(set_to_none=True)  # free the parameter gradients its backward left behind
-    return np.stack(slots, axis=1).astype(np.float32)
+    return np.stack(cams, axis=1).astype(np.float32)
 
 
 def run_models(
@@ -255,11 +266,14 @@ def run_models(
     max_side: int | None = 1024,
     image_targets: Sequence[TargetSpec] | None = None,
     input_size: int | None = None,
+    control: RunControl | None = None,
 ) -> list[Comparison]:
     """Run every model once on a batch of RGB images; return one Comparison per image.
 
     `target` applies to every image; `image_targets` (one spec per image, e.g. ground-truth labels) overrides it.
     `input_size` feeds the networks another side than the one each was trained at (default: the trained one).
+    `control` (progress, cancel, deadline) steers ScoreCAM, counting each model's passes apart; the one-pass methods
+    ignore it.
     """
     method, layer = check_method_layer(method, layer)
     if image_targets is not None:
@@ -270,7 +284,8 @@ def run_models(
         specs = [[target] if isinstance(target, (str, int, np.integer)) else list(target)] * len(images)
     shown = [fit_within(im, max_side) for im in images]
     per_model = {
-        key: _run_one(loaded, images, shown, specs, method, layer, input_size) for key, loaded in models.items()
+        key: _run_one(loaded, images, shown, specs, method, layer, input_size, control)
+        for key, loaded in models.items()
     }
     return [Comparison(im, {key: res[i] for key, res in per_model.items()}) for i, im in enumerate(shown)]
 
@@ -298,6 +313,7 @@ def _run_one(
     method: str,
     layer: str,
     input_size: int | None,
+    control: RunControl | None,
 ) -> list[ModelResult]:
     model, meta = loaded.model, loaded.meta
     x = preprocess(images, meta, input_size).to(loaded.device)
@@ -314,7 +330,7 @@ def _run_one(
         index = torch.tensor(targets, device=features.device)
         cams = fast_gradcam(model.fc.weight, features, index).cpu().numpy()
     else:
-        cams = package_cam(loaded, x, targets, method, layer)
+        cams = package_cam(loaded, x, targets, method, layer, control)
     results = []
     for i, image in enumerate(shown):
         results.append(

@@ -50,6 +50,7 @@ from cbam_viz.familiarity.detectors import (
     fpr_at_tpr,
     pool,
     threshold_at,
+    val_quantiles,
 )
 from cbam_viz.io.checkpoints import LoadedModel, load_checkpoint, load_pair, store_familiarity
 from cbam_viz.io.fileio import atomic_write_bytes
@@ -208,7 +209,8 @@ def fit_detectors(
                                   own.patches, classifier)  # fmt: skip
             scores = detector_scores(method, tensors, val_own.scored(method), val_own.probs, k)
             feature = MAP_FEATURE if method in MAP_METHODS else FEATURE
-            fitted[key][method] = Familiarity(method, threshold_at(scores), tensors, {**info, "feature": feature})
+            extra = {"feature": feature, "val_quantiles": val_quantiles(scores)}
+            fitted[key][method] = Familiarity(method, threshold_at(scores), tensors, {**info, **extra})
     return fitted, info, val_features
 
 

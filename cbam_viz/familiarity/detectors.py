@@ -311,6 +311,15 @@ def threshold_at(val_scores: np.ndarray, keep: float = KEEP) -> float:
     return float(np.quantile(np.asarray(val_scores, dtype=np.float64), keep, method="inverted_cdf"))
 
 
+GAUGE_QUANTILES = (0.5, 0.8)  # validation quantiles a detector records: the page's gauge scale and borderline band
+
+
+def val_quantiles(val_scores: np.ndarray) -> dict[str, float]:
+    """The validation scores' GAUGE_QUANTILES, keyed by the quantile as text (they go into the JSON header)."""
+    scores = np.asarray(val_scores, dtype=np.float64)
+    return {f"{q:g}": float(np.quantile(scores, q, method="inverted_cdf")) for q in GAUGE_QUANTILES}
+
+
 # ---------------------------------------------------------------------------------------------- measuring
 def auroc(familiar: np.ndarray, unfamiliar: np.ndarray) -> float:
     """Area under the ROC curve for telling unfamiliar (positive, higher score) from familiar images; ties count half."""
