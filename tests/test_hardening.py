@@ -17,6 +17,7 @@ import sys
 import urllib.parse
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import httpx
@@ -29,6 +30,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from cbam_viz.app.figure_export import ExportFolder
+from cbam_viz.app.server import MAX_UPLOAD_FILES, request_bounds
 from cbam_viz.app.studio import Studio
 from cbam_viz.cam.engine import fit_within
 from cbam_viz.export.discover import IMAGE_SUFFIXES
@@ -355,6 +357,36 @@ def test_raw_rest_calls_get_answers_or_messages(server, tiny_models, tmp_path):
     assert_clear(data["error"])
     event, data = call_rest(server.url, ["missing.jpg"])
     assert event == "error" and data["error"] == f"the image was sent as a text string, not a file: {SEND}"
+    # a list in place of the one image: a message, not a blank error
+    event, data = call_rest(server.url, [[{"path": uploaded, **meta}]])
+    assert event == "error" and data["error"] == f"send one image here, not a list: {SEND}", data
+
+
+def test_request_bodies_and_uploads_over_their_bounds_are_refused_before_they_are_read(server):
+    """With a 1 MB upload cap: a JSON body over 4/3 MB + 1 MiB, an upload over 2 MB + 1 MiB (by Content-Length or
+    as it streams in chunks) and an upload of more than MAX_UPLOAD_FILES files get 413 with the reason."""
+    body_bytes, upload_bytes = request_bounds(2**20)
+    call = server.url + "gradio_api/call/compare"
+    big = b'{"data": ["' + b"A" * int(body_bytes) + b'"]}'
+    response = httpx.post(call, content=big, headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 413 and "a request body may be at most 2 MB" in response.text, response.text
+
+    def chunks(total: int):  # no Content-Length: the bound applies as the body streams in
+        yield b'{"data": ["'
+        for _ in range(total // 65536):
+            yield b"A" * 65536
+
+    response = httpx.post(call, content=chunks(int(body_bytes) + 2**20), timeout=60)
+    assert response.status_code == 413 and "a request body may be at most" in response.text, response.text
+    upload = server.url + "gradio_api/upload"
+    response = httpx.post(upload, files=[("files", ("big.png", b"\x89PNG" + b"0" * int(upload_bytes)))], timeout=60)
+    assert response.status_code == 413 and "an upload request may be at most 3 MB" in response.text, response.text
+    many = [("files", (f"p{i}.png", b"\x89PNG")) for i in range(MAX_UPLOAD_FILES + 1)]
+    response = httpx.post(upload, files=many, timeout=60)
+    assert response.status_code == 413 and f"at most {MAX_UPLOAD_FILES} files" in response.text, response.text
+    within = httpx.post(upload, files=many[:MAX_UPLOAD_FILES], timeout=60)
+    assert within.status_code == 200 and len(within.json()) == MAX_UPLOAD_FILES
+    assert httpx.get(server.url, timeout=60).status_code == 200  # the server goes on serving
 
 
 def test_an_upload_part_without_a_file_name_gets_400_with_what_to_send(server):
@@ -460,3 +492,14 @@ def test_app_refuses_a_malicious_checkpoint_with_one_line(tiny_checkpoints, tmp_
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and "evil.pth" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr and not marker.exists()
+
+
+def test_page_events_sent_without_their_event_data_get_a_message_or_change_nothing(tiny_models, tmp_path):
+    from cbam_viz.app.handlers import Handlers
+
+    handlers = Handlers(Studio(tiny_models, examples_dir=None), ExportFolder(tmp_path))
+    with pytest.raises(gr.Error, match="a corner comes from a click on the localization preview"):
+        handlers.click_corner(None, None)
+    assert handlers.pick_target() == gr.skip() and handlers.pick_example() == gr.skip()
+    outside = SimpleNamespace(value={"image": {"path": "/etc/passwd"}})  # an example click naming a server file
+    assert handlers.pick_example(outside) == gr.skip()

@@ -18,7 +18,7 @@ from cbam_viz.app.figure_export import MAX_FIGURE_ROWS, ExportFolder, export_fig
 from cbam_viz.app.served import served
 from cbam_viz.app.server import log, user_errors
 from cbam_viz.app.studio import Studio
-from cbam_viz.app.uploads import SourceImage
+from cbam_viz.app.uploads import SourceImage, check_upload
 from cbam_viz.app.views import (
     attention_overlay,
     caption_markdown,
@@ -222,8 +222,10 @@ class Handlers:
         return str(png), [str(png), str(pdf)]
 
     @user_errors
-    def click_corner(self, image, corner, evt: gr.SelectData):
+    def click_corner(self, image, corner, evt: gr.SelectData = None):
         """A click on the localization preview: the box's first corner, or with the second one the box itself."""
+        if evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) < 2:
+            raise CbamVizError("a corner comes from a click on the localization preview: send the click's position")
         analysis = self.studio.base(self.require(image))
         x, y = (round(float(v) / analysis.scale, 1) for v in evt.index[:2])
         if not corner:
@@ -236,14 +238,19 @@ class Handlers:
         """No corner clicked, no box, no hint."""
         return None, "", ""
 
-    @staticmethod
-    def pick_example(evt: gr.SelectData):
+    def pick_example(self, evt: gr.SelectData = None):
         """A click on an example: its picture (Gradio's cached copy, in the upload folder) becomes the image."""
-        value = evt.value if isinstance(evt.value, dict) else {}
+        value = evt.value if evt is not None and isinstance(evt.value, dict) else {}
         image = value.get("image")
-        return image.get("path") if isinstance(image, dict) and image.get("path") else gr.skip()
+        path = image.get("path") if isinstance(image, dict) else None
+        try:
+            return path if path and check_upload({"path": path}, self.uploads) else gr.skip()
+        except CbamVizError:
+            return gr.skip()
 
-    def pick_target(self, evt: gr.SelectData):
+    def pick_target(self, evt: gr.SelectData = None):
         """A click on a top-5 entry makes its class the target of both models."""
+        if evt is None:
+            return gr.skip()
         value = evt.value.get("label") if isinstance(evt.value, dict) else evt.value
         return value if value in self.studio.class_names else gr.skip()

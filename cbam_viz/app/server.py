@@ -82,6 +82,79 @@ class UnnamedUploadPart:
             await PlainTextResponse(self.MESSAGE, status_code=400)(scope, receive, send)
 
 
+MAX_UPLOAD_FILES = 8  # files one upload request may carry: the paper figure's extra images
+
+
+class RequestBounds:
+    """ASGI middleware: a request body over its bound is refused (HTTP 413, a one-line reason) before it is read
+    whole, by its Content-Length or, for a body sent in chunks, as soon as its running count passes the bound; an
+    upload carries at most `max_files` files. Bounds: `upload_bytes` for /gradio_api/upload, `body_bytes` else."""
+
+    FILENAME = b"; filename="  # each file part of a multipart upload names its file
+
+    def __init__(self, app: Any, body_bytes: float, upload_bytes: float, max_files: int = MAX_UPLOAD_FILES) -> None:
+        self.app, self.body_bytes, self.upload_bytes, self.max_files = app, body_bytes, upload_bytes, max_files
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        upload = scope["path"].endswith("/gradio_api/upload")
+        limit = self.upload_bytes if upload else self.body_bytes
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            await self._refuse(scope, send, self._too_large(upload, limit))
+            return
+        state = {"bytes": 0, "files": 0, "tail": b"", "refused": None, "started": False}
+
+        async def counted() -> dict:
+            message = await receive()
+            if message["type"] == "http.request" and state["refused"] is None:
+                chunk = message.get("body", b"")
+                state["bytes"] += len(chunk)
+                if upload:
+                    window = state["tail"] + chunk
+                    state["files"] += window.count(self.FILENAME)
+                    state["tail"] = window[-(len(self.FILENAME) - 1) :]
+                if state["bytes"] > limit:
+                    state["refused"] = self._too_large(upload, limit)
+                elif state["files"] > self.max_files:
+                    state["refused"] = f"an upload takes at most {self.max_files} files; this one has more"
+                if state["refused"] is not None:
+                    return {"type": "http.disconnect"}  # the app stops reading; nothing more is buffered
+            return message
+
+        async def guarded(message: dict) -> None:
+            if state["refused"] is None:
+                state["started"] = state["started"] or message["type"] == "http.response.start"
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if state["refused"] is None:
+                raise
+        if state["refused"] is not None and not state["started"]:
+            await self._refuse(scope, send, state["refused"])
+
+    @staticmethod
+    def _too_large(upload: bool, limit: float) -> str:
+        what = "an upload request" if upload else "a request body"
+        return f"{what} may be at most {limit / 2**20:.0f} MB; this one is larger"
+
+    @staticmethod
+    async def _refuse(scope: dict, send: Callable, reason: str) -> None:
+        log.info("refused: %s", reason)
+        await PlainTextResponse(reason, status_code=413)(scope, None, send)
+
+
+def request_bounds(max_file_size: float | None) -> tuple[float, float]:
+    """(any request body, an upload request) in bytes for an app whose uploads are capped at `max_file_size`: an
+    image sent as a base64 data: URL in JSON, and an upload of two images' worth, each with a MiB to spare."""
+    cap = float(max_file_size) if max_file_size else 50 * 2**20
+    return cap * 4 / 3 + 2**20, 2 * cap + 2**20
+
+
 class StudioBlocks(gr.Blocks):
     """gr.Blocks that checks each request's payload before Gradio does, so that a bad one gets our one-line message.
 
@@ -98,6 +171,7 @@ class StudioBlocks(gr.Blocks):
     """
 
     file_inputs: frozenset[int] = frozenset()
+    file_lists: frozenset[int] = frozenset()  # those of file_inputs that take several files
     uploads: tuple[str, ...] = ()
     cache_seconds: int | None = None  # None: no pruning
 
@@ -115,6 +189,8 @@ class StudioBlocks(gr.Blocks):
             inputs.extend(p.default for p in params)
         for block, value in zip(block_fn.inputs, inputs):
             if block._id in self.file_inputs:
+                if isinstance(value, list) and block._id not in self.file_lists:
+                    raise gr.Error(f"send one image here, not a list: {SEND_A_FILE}", print_exception=False)
                 for payload in value if isinstance(value, list) else [value]:
                     try:
                         check_upload(payload, self.uploads)
@@ -125,7 +201,12 @@ class StudioBlocks(gr.Blocks):
     def launch(self, *args: Any, app_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """Gradio's launch, with the upload-part middleware and the cache-pruning lifespan added."""
         app_kwargs = dict(app_kwargs or {})
-        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(UnnamedUploadPart)]
+        body_bytes, upload_bytes = request_bounds(gr.utils._parse_file_size(kwargs.get("max_file_size")))
+        app_kwargs["middleware"] = [
+            *app_kwargs.get("middleware", []),
+            Middleware(RequestBounds, body_bytes=body_bytes, upload_bytes=upload_bytes),
+            Middleware(UnnamedUploadPart),
+        ]
         app_kwargs.setdefault("lifespan", self._prune_folders)
         return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
 

@@ -100,6 +100,7 @@ def build_demo(studio: Studio, exports: ExportFolder, cache_seconds: int = CACHE
                         gr.Markdown(model_info_markdown(studio.models[key]), elem_id=f"info-{key}")
         wire(ui, handlers)
     demo.file_inputs, demo.uploads = frozenset((ui.image._id, ui.extra_images._id)), handlers.uploads
+    demo.file_lists = frozenset((ui.extra_images._id,))
     demo.cache_seconds = cache_seconds
     return demo
 
