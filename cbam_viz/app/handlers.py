@@ -59,7 +59,7 @@ class Handlers:
 
     def __init__(self, studio: Studio, exports: ExportFolder) -> None:
         self.studio, self.exports = studio, exports
-        self.stops: dict[str, threading.Event] = {}  # visitor (session) -> the Stop of their running slow request
+        self.stops: dict[str, threading.Event] = {}  # visitor (Gradio's hash) -> the Stop of their slow request
         self.uploads = (get_upload_folder(),)
         self.names = {key: loaded.meta.display_name for key, loaded in studio.models.items()}
 
@@ -111,17 +111,17 @@ class Handlers:
         scores and localization. A refused, stopped or cancelled request (a slow method over its limit, a bad box)
         keeps what the page showed and puts the controls back to what produced it; a bad image clears the results.
         A slow method reports its progress and stops when the same visitor presses Stop (`stop_slow`)."""
-        session = getattr(request, "session_hash", None) or ""
+        visitor = getattr(request, "session_hash", None) or ""
         label = METHODS[method].label if method in METHODS else ""
         control = RunControl(
             progress=lambda done, total: progress((done, total), desc=f"{label}: channel passes", unit="passes"),
-            cancel=self.stops.setdefault(session, threading.Event()) if method in SLOW_METHODS else None,
+            cancel=self.stops.setdefault(visitor, threading.Event()) if method in SLOW_METHODS else None,
         )
         try:
             return self._update_page(image, target, method, layer, opacity, colormap, box, shown, control)
         finally:
             if control.cancel is not None:
-                self.stops.pop(session, None)
+                self.stops.pop(visitor, None)
 
     def stop_slow(self, request: gr.Request = None) -> None:
         """The Stop button: end this visitor's running slow-method request (it keeps the previous result)."""
