@@ -17,7 +17,7 @@ from cbam_viz.app.served import CACHE_SECONDS
 from cbam_viz.app.server import StudioBlocks
 from cbam_viz.app.studio import Studio
 from cbam_viz.app.views import ATTENTION_CAPTION, knowledge_markdown, model_info_markdown, slow_methods_note
-from cbam_viz.cam.engine import DEFAULT_LAYER, DEFAULT_METHOD, LAYERS, METHODS, SLOW_METHODS
+from cbam_viz.cam.engine import DEFAULT_LAYER, DEFAULT_METHOD, LAYERS, METHODS
 from cbam_viz.cam.render import COLORMAPS
 from cbam_viz.io.checkpoints import MODEL_KEYS
 
@@ -156,7 +156,7 @@ def controls(ui: SimpleNamespace, studio: Studio) -> None:
             elem_id="method", min_width=180, info=slow_methods_note(studio.slow_seconds),
         )
         ui.layer = gr.Radio(list(LAYERS), value=DEFAULT_LAYER, label="Layer", elem_id="layer", min_width=200)
-    ui.stop = gr.Button("Stop the ScoreCAM run", size="sm", visible=False, elem_id="stop-slow")
+    ui.stop = gr.Button("Stop a running ScoreCAM", size="sm", elem_id="stop-slow")
     with gr.Row(equal_height=True):
         ui.opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity", min_width=160)
         ui.colormap = gr.Dropdown(list(COLORMAPS), value="jet", label="Colormap", elem_id="colormap", min_width=120)
@@ -263,11 +263,6 @@ def figure_tab(ui: SimpleNamespace) -> None:
                 ui.figure_files = gr.File(label="Download PNG / PDF", elem_id="figure-files")
 
 
-def show_stop(method: str) -> gr.Button:
-    """The Stop button shows while a slow method is chosen."""
-    return gr.Button(visible=method in SLOW_METHODS)
-
-
 def wire(ui: SimpleNamespace, handlers: Handlers) -> None:
     """Connect the events to the handlers: the page's own events (private) and the two API endpoints."""
     api_inputs = [ui.image, ui.target, ui.method, ui.layer, ui.opacity, ui.colormap, ui.box]
@@ -294,7 +289,6 @@ def wire(ui: SimpleNamespace, handlers: Handlers) -> None:
         [*ui.stage_images, *ui.stage_notes, ui.colorbar, ui.channel_plot], trigger_mode="always_last",
         show_progress="minimal", **page,
     )
-    ui.method.change(show_stop, ui.method, ui.stop, queue=False, api_visibility="private")
     ui.stop.click(handlers.stop_slow, None, None, queue=False, api_visibility="private")
     ui.loc_preview.select(handlers.click_corner, [ui.image, ui.corner], box_outputs, **page).then(
         handlers.update_page, page_inputs, page_outputs, **page
