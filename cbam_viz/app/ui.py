@@ -28,6 +28,7 @@ CSS = """
 #input-column { grid-area: input; }
 #results-column { grid-area: results; }
 #controls-column { grid-area: controls; }
+#run-status { min-height: 2.4em; }
 #results-empty { padding: 2em 1em; text-align: center; opacity: 0.75; }
 #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
 #examples .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; }
@@ -138,6 +139,7 @@ def results(ui: SimpleNamespace, names: dict[str, str]) -> None:
                     num_top_classes=5, label=f"{names[key]} top-5", show_label=False, visible=False,
                     elem_id=f"top5-{key}", show_heading=False,
                 )
+    ui.status = gr.HTML(elem_id="run-status")  # where a running request shows its progress
     with gr.Accordion("Scores as JSON (what the /compare API returns)", open=False):
         ui.scores = gr.JSON(label="Scores", elem_id="scores")
     ui.shown = gr.State(None)  # the image and controls the shown result was made with
@@ -273,14 +275,16 @@ def wire(ui: SimpleNamespace, handlers: Handlers) -> None:
     page_outputs += [ui.scores, ui.loc_preview, ui.loc_text, ui.shown, ui.target, ui.method, ui.layer]
     box_outputs = [ui.corner, ui.box, ui.box_hint]
     page = {"preprocess": False, "api_visibility": "private"}
+    # progress shows on the status line, so the shown result and the controls stay visible while a request runs
+    update = {**page, "show_progress_on": [ui.status]}
     gr.on(
         [ui.target.change, ui.method.change, ui.layer.change, ui.colormap.change, ui.opacity.release,
          ui.box.submit, ui.box.blur],
-        handlers.update_page, page_inputs, page_outputs, trigger_mode="always_last", **page,
+        handlers.update_page, page_inputs, page_outputs, trigger_mode="always_last", **update,
     )
     # a new image forgets the previous image's box before it is analysed
     ui.image.change(handlers.reset_box, None, box_outputs, queue=False, api_visibility="private").then(
-        handlers.update_page, page_inputs, page_outputs, **page
+        handlers.update_page, page_inputs, page_outputs, **update
     )
     gr.on(
         [ui.image.change, *(b.change for b in ui.stage_blocks), ui.colormap.change, ui.opacity.release,
@@ -291,10 +295,10 @@ def wire(ui: SimpleNamespace, handlers: Handlers) -> None:
     )
     ui.stop.click(handlers.stop_slow, None, None, queue=False, api_visibility="private")
     ui.loc_preview.select(handlers.click_corner, [ui.image, ui.corner], box_outputs, **page).then(
-        handlers.update_page, page_inputs, page_outputs, **page
+        handlers.update_page, page_inputs, page_outputs, **update
     )
     ui.clear_box.click(handlers.reset_box, None, box_outputs, queue=False, api_visibility="private").then(
-        handlers.update_page, page_inputs, page_outputs, **page
+        handlers.update_page, page_inputs, page_outputs, **update
     )
     if hasattr(ui, "examples"):
         ui.examples.select(handlers.pick_example, None, ui.image, api_visibility="private", queue=False)
