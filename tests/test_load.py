@@ -20,6 +20,7 @@ from cbam_viz.app.figure_export import ExportFolder
 from cbam_viz.app.served import cache_schedule
 from cbam_viz.app.studio import Studio
 from cbam_viz.cam.engine import compare
+from cbam_viz.io.examples import EXAMPLES_DIR
 from tests import loadharness as load
 from tests.apphelpers import serve
 from tests.conftest import random_image
@@ -27,6 +28,7 @@ from tests.conftest import random_image
 pytestmark = pytest.mark.timeout(300)
 
 CLIENTS, REQUESTS, SOAK, WARMUP = 4, 5, 60, 30
+EXAMPLES = sorted(path.name for path in EXAMPLES_DIR.iterdir() if path.suffix == ".jpg")  # the page's gallery
 CACHE_SECONDS = 8
 
 
@@ -43,7 +45,13 @@ def jobs(tiny_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def running(tiny_checkpoints, jobs, tmp_path_factory):
+def gradio_dir(tmp_path_factory):
+    """The app's own Gradio cache folder, so that what it leaves there can be told apart."""
+    return tmp_path_factory.mktemp("gradio")
+
+
+@pytest.fixture(scope="module")
+def running(tiny_checkpoints, jobs, gradio_dir, tmp_path_factory):
     handle = load.start_app(
         tiny_checkpoints["baseline"], tiny_checkpoints["cbam"], log=tmp_path_factory.mktemp("app") / "app.log",
         threads=1,  # a shared 2-core machine: one PyTorch thread per request is several times faster here
@@ -51,7 +59,7 @@ def running(tiny_checkpoints, jobs, tmp_path_factory):
         # the first large free and then keeps freed tensor memory in its heaps, so RSS ratchets up for a few dozen
         # requests before it levels off: longer than this 60-request soak. A leak of ours still shows;
         # `python benchmarks/load.py` measures glibc's default.
-        env={"MALLOC_MMAP_THRESHOLD_": "131072", "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio"))},
+        env={"MALLOC_MMAP_THRESHOLD_": "131072", "GRADIO_TEMP_DIR": str(gradio_dir)},
         cache_seconds=CACHE_SECONDS,  # short, so that the soak sees uploads and overlays pruned
         wait=False,
     )
@@ -118,6 +126,21 @@ def test_soak_keeps_memory_hooks_and_files_flat(running, jobs):
     # each request writes its upload and two overlays; at most the last `window` seconds' worth may remain
     per_second = 3 * SOAK / sum(result.latencies)
     assert result.end["cache_files"] <= min(3 * SOAK, per_second * window) + 5, result.summary()
+
+
+def test_stopping_the_app_deletes_every_file_and_folder_it_wrote(running, jobs, gradio_dir):
+    """SIGTERM (what `docker stop` sends) closes the server, which deletes the uploads, the served pictures and
+    their folders (the soak before this leaves plenty of each); only Gradio's copies of the examples stay, one
+    folder per example, which the next start reuses."""
+    Client(running.url, verbose=False).predict(handle_file(str(jobs.concurrent[0].path)), api_name="/compare")
+    assert running.stats()["cache_files"] >= len(EXAMPLES) + 3  # an upload and two overlays at least
+    running.stop()
+    assert running.process.exitcode == 0, running.tail()
+    left = sorted(p.relative_to(gradio_dir).as_posix() for p in gradio_dir.rglob("*") if p.is_file())
+    assert sorted(name.rsplit("/", 1)[-1] for name in left) == EXAMPLES, left
+    assert sorted(p for p in gradio_dir.rglob("*") if p.is_dir()) == sorted(
+        (gradio_dir / name).parent for name in left
+    )
 
 
 def test_a_full_queue_answers_clearly_and_the_server_recovers(tiny_models, tmp_path):

@@ -131,5 +131,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # here, not in the server's shutdown: Gradio stops waiting for that after 5 s, and it waits for every
+        # open page's connection to close first
+        demo.prune_cache(-1.0)
         exports.cleanup()
     return 0

@@ -227,11 +227,11 @@ class StudioBlocks(gr.Blocks):
             yield
         finally:
             task.cancel()
-            self.prune_cache(0.0)  # as Gradio does when its server closes
 
     def prune_cache(self, age: float) -> None:
         """Delete the files this app wrote or received that are older than `age` seconds (by ctime, as Gradio
-        does), except those Gradio keeps for good (the examples), then the folders left empty."""
+        does), except those Gradio keeps for good (the examples, reused by the next start), then the folders left
+        empty."""
         kept = set().union(*(getattr(block, "keep_in_cache", set()) for block in list(self.blocks.values())))
         cutoff = time.time() - age
         for files in self.temp_file_sets:
