@@ -734,11 +734,15 @@ def test_the_page_keeps_its_result_when_a_slow_run_is_refused_or_stopped(tiny_mo
     reports = []
 
     def press_stop(progress, desc=None, unit=None):
-        reports.append(progress)
-        handlers.stop_slow(request)
+        reports.append((progress, desc))
+        if isinstance(progress, tuple):  # once channel passes have run
+            handlers.stop_slow(request)
 
     stopped = handlers.update_page(image, "top1", "scorecam", "layer1", 0.5, "jet", "", shown, request, press_stop)
-    assert reports and reports[0][1] == 2 * 256 and reports[0][0] < 2 * 256  # stopped after its first batch
+    assert reports[0] == (0.0, "ScoreCAM: first channel passes")  # shown at once, before the first batch ends
+    (done, total), desc = reports[1]
+    assert len(reports) == 2 and total == 2 * 256 and 0 < done < total  # stopped after its first batch
+    assert desc == "ScoreCAM: channel passes"
     assert stopped[-3:] == ("top1", "hirescam", "layer4")  # the controls go back to what is shown
     assert "HiResCAM" in stopped[3] and stopped[-4] == shown
     source = studio.open(image["path"], name="photo.png")

@@ -117,6 +117,8 @@ class Handlers:
             progress=lambda done, total: progress((done, total), desc=f"{label}: channel passes", unit="passes"),
             cancel=self.stops.setdefault(visitor, threading.Event()) if method in SLOW_METHODS else None,
         )
+        if control.cancel is not None:  # the first batch of channel passes takes a while to report
+            progress(0.0, desc=f"{label}: first channel passes")
         try:
             return self._update_page(image, target, method, layer, opacity, colormap, box, shown, control)
         finally:
