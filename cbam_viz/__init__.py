@@ -19,13 +19,15 @@ _EXPORTS = {
     "load_checkpoint": "cbam_viz.io.checkpoints",
     "load_pair": "cbam_viz.io.checkpoints",
     "compare": "cbam_viz.cam.engine",
+    "attention_effects": "cbam_viz.nn.knockout",
 }
-__all__ = ["CBAMConfig", "__version__", "build_model", "compare", "load_checkpoint", "load_pair"]
+__all__ = ["CBAMConfig", "__version__", "attention_effects", "build_model", "compare", "load_checkpoint", "load_pair"]
 
 if TYPE_CHECKING:
     from cbam_viz.cam.engine import compare
     from cbam_viz.io.checkpoints import load_checkpoint, load_pair
     from cbam_viz.nn.cbam import CBAMConfig
+    from cbam_viz.nn.knockout import attention_effects
     from cbam_viz.nn.resnet import build_model
 
 

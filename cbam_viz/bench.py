@@ -11,6 +11,7 @@ figure is the median over rounds, so background load hits every variant alike. R
     (compare + the scores' own time, timed inside it) / compare ............... the same cost, less noisy
     top-5 CAMs of both models / 2 bare forwards ............................... goal <= 1.20
     the same top-5 with pytorch_grad_cam.GradCAM (a backward per class) ....... our speed-up
+    attention knock-outs of the CBAM model, one image / compare ............... their cost beside compare's
     export throughput (real files in a temp dir) / bare batched forwards ...... goal >= 0.85
     CBAM-ResNet50 forward / ResNet50 forward at batch 1 ....................... goal <= 1.15
 
@@ -47,6 +48,7 @@ from cbam_viz.export.discover import discover
 from cbam_viz.familiarity.detectors import DEFAULT_K, DEFAULT_TRAIN_IMAGES, Familiarity, FamiliarityScore, Maps
 from cbam_viz.io.checkpoints import LoadedModel, ModelMeta, load_checkpoint
 from cbam_viz.io.weights import BUNDLED
+from cbam_viz.nn.knockout import attention_effects
 from cbam_viz.nn.resnet import build_model
 
 GOALS = {  # figure -> (comparison, bound)
@@ -301,6 +303,7 @@ def _variants(
         Variant("compare", lambda: compare(image, plain), []),
         Variant("compare_familiarity", lambda: compare(image, familiar), []),
         Variant("top5", lambda: compare(image, models, target="top5"), []),
+        Variant("attention_effects", lambda: attention_effects(models["cbam"], x1["cbam"]), []),
     ]
     throughput = [
         Variant("batched_forwards", batched_forwards, []),
@@ -327,6 +330,7 @@ def _figures(variants: list[Variant], familiar: dict[str, LoadedModel], naive: b
         "familiarity_ratio": [f / c for f, c in zip(s["compare_familiarity"], s["compare"])],
         "familiarity_timed_ratio": [1 + t / c for t, c in zip(s["familiarity_scores"], s["compare"])],
         "top5_ratio": [a / d for a, d in zip(s["top5"], pairs)],
+        "attention_effects_ratio": [e / c for e, c in zip(s["attention_effects"], s["compare"])],
         "cbam_forward_ratio": [c / b for b, c in zip(s["forward_baseline"], s["forward_cbam"])],
         # throughput ratios: (n / export time) / (n / forward time)
         "export_ratio": [f / e for f, e in zip(s["batched_forwards"], s["export"])],
@@ -341,6 +345,7 @@ def _figures(variants: list[Variant], familiar: dict[str, LoadedModel], naive: b
         "familiarity_ratio": best["compare_familiarity"] / best["compare"],
         "familiarity_timed_ratio": 1 + min(s["familiarity_scores"]) / best["compare"],
         "top5_ratio": best["top5"] / (best["forward_baseline"] + best["forward_cbam"]),
+        "attention_effects_ratio": best["attention_effects"] / best["compare"],
         "cbam_forward_ratio": best["forward_cbam"] / best["forward_baseline"],
         "export_ratio": best["batched_forwards"] / best["export"],
         "export_compute_ratio": best["batched_forwards"] / best["export_compute"],
@@ -401,6 +406,8 @@ def table(result: dict) -> str:
         f"{'  the scores alone, timed inside compare()':<52}{ms('familiarity_scores')}"
         f"{ratio('familiarity_timed_ratio')}",
         f"{'top-5 CAMs of both models':<52}{ms('top5')}{ratio('top5_ratio')}" + verdict("top5_ratio"),
+        f"{'attention knock-outs of the CBAM model, per image':<52}{ms('attention_effects')}"
+        f"{ratio('attention_effects_ratio')}",
     ]
     if "naive_top5_speedup" in fig:
         lines.append(
@@ -415,8 +422,9 @@ def table(result: dict) -> str:
         + verdict("export_ratio"),
         "",
         "ratios (per round, then the median; goals apply to it): compare and top-5 time over the 2 bare forwards of",
-        "the same round; familiarity: compare with over without the scores, and (compare + the scores' own time in",
-        "that round) over compare; CBAM over ResNet50 forward; export throughput over bare batched forward throughput",
+        "the same round; attention knock-outs (each stage's spatial, channel and both gates, on one image) over",
+        "compare; familiarity: compare with over without the scores, and (compare + the scores' own time in that",
+        "round) over compare; CBAM over ResNet50 forward; export throughput over bare batched forward throughput",
         "(higher is better). 'mins': the same ratio from each variant's fastest round, i.e. its cost when least",
         "disturbed.",
     ]

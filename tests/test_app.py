@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
@@ -112,7 +113,7 @@ def test_api_has_compare_with_only_the_image_required(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/compare", "/paper_figure"}  # the page's own events are private
     params = {p["parameter_name"]: p for p in endpoints["/compare"]["parameters"]}
-    assert list(params) == ["image", "target", "method", "layer", "opacity", "colormap", "box"]
+    assert list(params) == ["image", "target", "method", "layer", "opacity", "colormap", "box", "attention_effects"]
     assert [name for name, p in params.items() if not p["parameter_has_default"]] == ["image"]
     assert params["target"]["parameter_default"] == "top1" and params["method"]["parameter_default"] == "gradcam"
 
@@ -139,6 +140,50 @@ def test_compare_json_and_overlays(client, tiny_models):
         with Image.open(path) as im:
             assert im.size == (224, 168)
             assert np.asarray(im.convert("RGB"), dtype=np.float32).std() > 10  # a real overlay, not blank
+
+
+def test_compare_with_attention_effects_adds_the_knock_out_table(client, tiny_models):
+    _, _, plain = client.predict(handle_file(str(EXAMPLE)), api_name="/compare")
+    assert "attention_effects" not in plain  # off by default
+    _, _, scores = client.predict(handle_file(str(EXAMPLE)), attention_effects=True, api_name="/compare")
+    effects = scores["attention_effects"]
+    target = scores["models"]["cbam"]["target"]
+    assert effects["model"] == "CBAM-ResNet50" and effects["target"] == {"label": target["label"],
+                                                                          "index": target["index"]}
+    assert effects["intact"]["p_target"] == pytest.approx(target["p"], abs=1e-5)  # the same forward pass
+    assert effects["intact"]["top1_label"] == scores["models"]["cbam"]["top5"][0]["label"]
+    rows = effects["knockouts"]
+    assert [(r["stage"], r["gate"]) for r in rows] == [
+        (stage, gate) for stage in (1, 2, 3, 4) for gate in ("spatial", "channel", "both")
+    ]
+    for row in rows:
+        assert row["delta_p"] == pytest.approx(row["p_target"] - effects["intact"]["p_target"], abs=2e-6)
+        assert row["top1_changed"] == (row["top1"] != effects["intact"]["top1"])
+        assert -1.0 <= row["cam_correlation"] <= 1.0 and isinstance(row["peak_moved"], bool)
+        assert isinstance(row["pointing"], bool) and 0.0 <= row["energy"] <= 1.0  # the example's mask is known
+    with pytest.raises(AppError, match="attention_effects must be true or false, not 'maybe'"):
+        client.predict(handle_file(str(EXAMPLE)), attention_effects="maybe", api_name="/compare")
+
+
+def test_the_knock_out_panel_shows_the_table_and_the_chosen_knocked_out_heatmap(tiny_models, tmp_path):
+    from cbam_viz.app.handlers import Handlers
+
+    studio = Studio(tiny_models, examples_dir=None)
+    handlers = Handlers(studio, ExportFolder(tmp_path / "exports"))
+    folder = Path(handlers.uploads[0]) / "effects-test"
+    folder.mkdir(parents=True, exist_ok=True)
+    random_image(66).save(folder / "photo.png")
+    image = {"path": str(folder / "photo.png"), "orig_name": "photo.png"}
+    runs = studio.model_runs
+    table, picture = handlers.attention_effects(image, "top1", "layer2", "channel", 0.5, "jet", "")
+    assert studio.model_runs == runs + 2 + 1  # the base pass of both models, then one knock-out run
+    assert table.count("| layer") == 12 and "| layer2 | channel |" in table
+    assert picture.visible and "without layer2's channel gate" in picture.label
+    table_again, other = handlers.attention_effects(image, "top1", "layer4", "both", 0.5, "jet", "")
+    assert studio.model_runs == runs + 3 and table_again == table  # another stage: from the cache
+    assert "without layer4's gates" in other.label and other.value != picture.value
+    with pytest.raises(gr.Error, match="no image yet"):
+        handlers.attention_effects(None, "top1", "layer4", "both", 0.5, "jet", "")
 
 
 def test_target_by_class_name_and_box(client, tiny_models, tmp_path):

@@ -20,7 +20,8 @@ def test_bench_smoke(tmp_path, tiny_checkpoints, capsys):
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
-    for label in ("compare()", "familiarity scores", "top-5 CAMs", "pytorch_grad_cam", "export, real", "CBAM-ResNet50 forward"):
+    for label in ("compare()", "familiarity scores", "top-5 CAMs", "pytorch_grad_cam", "export, real",
+                  "CBAM-ResNet50 forward", "attention knock-outs"):
         assert label in printed
     result = json.loads(out.read_text())
     assert result["input_size"] == 64 and result["threads"] == 1 and result["device"] == "cpu"

@@ -230,6 +230,22 @@ def attention_checks(page) -> None:
     stretched = fetch_pixels(page.locator("#attention-layer3 img").get_attribute("src"))
     assert np.abs(absolute - stretched).mean() > 1, "stretching a map that does not span 0-1 must change it"
     page.locator("#stretch input").uncheck()
+    effects_checks(page)
+
+
+def effects_checks(page) -> None:
+    """"What does attention do here?": nothing runs until asked; then the stage × gate table, and the knocked-out
+    heatmap of the stage and gate chosen."""
+    page.locator("#effects").get_by_text("What does attention do here?").click()
+    assert not page.locator("#effects-heatmap").is_visible() and page.locator("#effects-table table").count() == 0
+    page.locator("#effects-run").click()
+    page.wait_for_selector("#effects-table table")
+    rows = page.locator("#effects-table tbody tr").all_inner_texts()
+    assert len(rows) == 12 and rows[0].split("\t")[:2] == ["layer1", "spatial"], rows
+    page.wait_for_function("document.querySelector('#effects-heatmap').innerText.includes(\"layer4's gates\")")
+    page.locator("#effects-stage").get_by_role("radio", name="layer2").click()
+    page.wait_for_function("document.querySelector('#effects-heatmap').innerText.includes(\"layer2's gates\")")
+    assert fetch_pixels(page.locator("#effects-heatmap img").get_attribute("src")).std() > 10
 
 
 def figure_checks(page, tmp_path: Path) -> None:

@@ -34,6 +34,15 @@ def check_controls(method: object, layer: object, opacity: object = 0.5, colorma
     return method, layer, opacity, check_colormap(str(colormap or "jet").strip(), COLORMAPS)
 
 
+def check_flag(name: str, value: object) -> bool:
+    """An on/off option as a form, a JSON body or a query gives it (true/false, 1/0, empty for off)."""
+    if value in (None, "", False, 0) or str(value).strip().lower() in ("false", "0", "no", "off"):
+        return False
+    if value is True or value == 1 or str(value).strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    raise CbamVizError(f"{name} must be true or false, not {echo(value)}")
+
+
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 MAX_BOX_COORDINATE = MAX_PIXELS  # no image the app accepts has a side longer than this many pixels
 

@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from cbam_viz.app.controls import TOP1, check_controls, format_box, parse_box
+from cbam_viz.app.controls import TOP1, check_controls, check_flag, format_box, parse_box
 from cbam_viz.app.figure_export import MAX_FIGURE_ROWS, ExportFolder, export_figure
 from cbam_viz.app.served import served
 from cbam_viz.app.server import log, user_errors
@@ -24,9 +24,12 @@ from cbam_viz.app.views import (
     caption_markdown,
     colorbar_html,
     download_name,
+    effects_json,
+    effects_markdown,
     familiarity_banner,
     familiarity_gauge,
     heatmap_overlay,
+    knockout_overlay,
     localization_markdown,
     localization_preview,
     pick_block,
@@ -77,7 +80,7 @@ class Handlers:
     @user_errors
     def compare(self, image: dict | str | None, target: str = TOP1, method: str = DEFAULT_METHOD,
                 layer: str = DEFAULT_LAYER, opacity: float = 0.5, colormap: str = "jet",
-                box: str = "") -> tuple[str, str, dict]:
+                box: str = "", attention_effects: bool = False) -> tuple[str, str, dict]:
         """Grad-CAM (or another CAM method) of ResNet50 and CBAM-ResNet50 for one image.
 
         Returns the baseline overlay, the CBAM overlay, and JSON with each model's top-5 (label, index, P), the
@@ -93,15 +96,22 @@ class Handlers:
             opacity: heatmap opacity over the image, 0 to 1
             colormap: the heatmap's matplotlib colormap
             box: optional object box 'x0, y0, x1, y1' in the image's pixels, for localization scores
+            attention_effects: also knock out each stage's CBAM gates (spatial, channel, both) and report the
+                target's P, the top-1 and the layer4 Grad-CAM's change for each (12 partial forward passes)
         """
         source = self.require(image)
         method, layer, opacity, colormap = check_controls(method, layer, opacity, colormap)
+        with_effects = check_flag("attention_effects", attention_effects)
         analysis = self.studio.analyse(source, target, method, layer)
         localization = self.studio.localize(analysis, parse_box(box))
+        scores = scores_json(analysis, localization)
+        if with_effects:
+            effects = self.studio.attention_effects(source, target, parse_box(box))
+            scores["attention_effects"] = effects_json(effects, self.studio.models["cbam"].meta)
         return (
             served(heatmap_overlay(analysis, "baseline", opacity, colormap), download_name(analysis, "baseline")),
             served(heatmap_overlay(analysis, "cbam", opacity, colormap), download_name(analysis, "cbam")),
-            scores_json(analysis, localization),
+            scores,
         )
 
     @user_errors
@@ -208,6 +218,24 @@ class Handlers:
             notes.append(note)
         plot = gr.Plot(channel_attention_figure(attention, blocks), visible=True)
         return (*images, *notes, colorbar_html(colormap, bool(stretch)), plot)
+
+    @user_errors
+    def attention_effects(self, image, target=TOP1, stage="layer4", gate="both", opacity=0.5, colormap="jet",
+                          box="") -> tuple:  # fmt: skip
+        """The attention tab's "What does attention do here?" panel, computed on demand: CBAM-ResNet50's knock-out
+        table for the target, and its layer4 Grad-CAM with `stage`'s `gate` knocked out."""
+        source = self.require(image)
+        _, _, opacity, colormap = check_controls(DEFAULT_METHOD, DEFAULT_LAYER, opacity, colormap)
+        effects = self.studio.attention_effects(source, target, parse_box(box))
+        picture, caption = knockout_overlay(self.studio.base(source).image, effects, str(stage), str(gate), opacity,
+                                            colormap)
+        table = effects_markdown(effects, self.studio.models["cbam"].meta)
+        return table, gr.Image(served(picture), label=caption, visible=True)
+
+    @staticmethod
+    def clear_effects() -> tuple:
+        """A new image empties the knock-out panel until the visitor asks again (it costs twelve partial passes)."""
+        return "", gr.Image(None, visible=False)
 
     @user_errors
     def paper_figure(self, image=None, extra_images=None, include_current=True, title="", target=TOP1,

@@ -7,7 +7,7 @@ Caches (see `cache`), each bounded by bytes:
   layer4 Grad-CAM of each model's top-1);
 * results: (pixel hash, model, method, layer, class) -> that model's heatmap. Layer4 Grad-CAM for another class
   comes from the cached layer4 features (`cam.from_features`, no model call); other methods and layers run the
-  model once, for that model only.
+  model once, for that model only. CBAM-ResNet50's attention knock-outs for a class are kept there too.
 
 Examples: every image in examples/ is offered in the gallery; `NAME.mask.png` beside `NAME.png` (white = object,
 same size) is its object mask. Masks are matched by pixel hash, so an upload of the same file gets one too.
@@ -41,6 +41,7 @@ from cbam_viz.cam.engine import (
     SLOW_METHODS,
     ModelResult,
     from_features,
+    preprocess,
     resolve_target,
     run_models,
 )
@@ -51,6 +52,7 @@ from cbam_viz.io.checkpoints import MODEL_KEYS, LoadedModel
 from cbam_viz.io.examples import EXAMPLES_DIR, MASK_SUFFIX
 from cbam_viz.io.images import ImageError, load_image
 from cbam_viz.lru import LRU, nbytes
+from cbam_viz.nn.knockout import ImageEffects, attention_effects
 from cbam_viz.nn.resnet import branch_channels
 
 # Methods that run the model once per channel of the explained layer (256 at layer1 to 2048 at layer4): at most
@@ -351,6 +353,26 @@ class Studio:
             return comparison.results[key]
 
         return self._results.get_or_compute((source.key, key, method, layer, index), compute)
+
+    def attention_effects(
+        self, source: SourceImage, target: object = TOP1, box: tuple[float, float, float, float] | None = None
+    ) -> ImageEffects:
+        """What knocking out each stage's spatial gate, channel gate and both does to CBAM-ResNet50's answer for
+        `target` and to its layer4 Grad-CAM, with pointing and energy against the box or an example's mask:
+        computed once, cached."""
+        target = normalise_target(target)
+        shown, base = self._base_entry(source)
+        index = self.target_index("cbam", target, base["cbam"])
+        loaded = self.models["cbam"]
+
+        def compute() -> ImageEffects:
+            localization = self.localize(Analysis(source, shown, dict(base), TOP1, DEFAULT_METHOD, DEFAULT_LAYER), box)
+            self._count(1)
+            with self._fast:
+                x = preprocess([source.image], loaded.meta).to(loaded.device)
+                return attention_effects(loaded, x, [index], [localization.mask if localization else None])[0]
+
+        return self._results.get_or_compute((source.key, "cbam", "knock-outs", box or "", index), compute)
 
     def example_mask(self, source: SourceImage, size: tuple[int, int]) -> np.ndarray | None:
         """The bundled mask of an example image (matched by pixels), at `size` = (W, H); None for other images."""

@@ -20,6 +20,7 @@ from cbam_viz.app.views import ATTENTION_CAPTION, knowledge_markdown, model_info
 from cbam_viz.cam.engine import DEFAULT_LAYER, DEFAULT_METHOD, LAYERS, METHODS
 from cbam_viz.cam.render import COLORMAPS
 from cbam_viz.io.checkpoints import MODEL_KEYS
+from cbam_viz.nn.knockout import KNOCKOUTS
 
 CSS = """
 #title h1 { margin-bottom: 0.2em; }
@@ -37,6 +38,8 @@ CSS = """
 #heatmaps .confidence-set dl.label { display: flex; min-width: 0; }
 #heatmaps .confidence-set dt.text { min-width: 0; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 #heatmaps .confidence-set dd.confidence { flex: none; white-space: nowrap; }
+#effects-table th, #effects-table td { padding: 0.2em 0.6em !important; white-space: nowrap; }
+#effects-table table { font-size: 0.9em; }
 .gauge { font-size: 0.85em; margin: 0.1em 0.4em 0.4em; }
 .gauge-track { position: relative; height: 8px; border-radius: 4px; background: #2e9e4f; }
 .gauge-band { position: absolute; top: 0; bottom: 0; background: #e8a317; }
@@ -216,6 +219,26 @@ def attention_tab(ui: SimpleNamespace, studio: Studio) -> None:
         ui.colorbar = gr.HTML(elem_id="attention-colorbar")
         ui.channel_plot = gr.Plot(label="Channel attention per stage", elem_id="channel-attention", visible=False)
         gr.Markdown(ATTENTION_CAPTION)
+        effects_panel(ui, studio)
+
+
+def effects_panel(ui: SimpleNamespace, studio: Studio) -> None:
+    """"What does attention do here?": the knock-out table and one knocked-out heatmap, computed on demand."""
+    config = studio.models["cbam"].meta.cbam
+    gates = list(KNOCKOUTS) if config is None or config.has_spatial else ["channel"]
+    with gr.Accordion("What does attention do here?", open=False, elem_id="effects"):
+        with gr.Row(equal_height=False):
+            ui.effects_stage = gr.Radio(list(LAYERS), value=DEFAULT_LAYER, label="Stage whose gates are knocked out",
+                                        elem_id="effects-stage", min_width=200)
+            ui.effects_gate = gr.Radio(gates, value=gates[-1], label="Gate made constant", elem_id="effects-gate",
+                                       min_width=200)
+        ui.effects_button = gr.Button("Knock out CBAM's gates on this image", elem_id="effects-run")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=300):
+                ui.effects_table = gr.Markdown(elem_id="effects-table")
+            with gr.Column(scale=2, min_width=220):
+                ui.effects_image = gr.Image(interactive=False, visible=False, elem_id="effects-heatmap",
+                                            buttons=["fullscreen", "download"])
 
 
 def localization_tab(ui: SimpleNamespace) -> None:
@@ -293,6 +316,14 @@ def wire(ui: SimpleNamespace, handlers: Handlers) -> None:
         [*ui.stage_images, *ui.stage_notes, ui.colorbar, ui.channel_plot], trigger_mode="always_last",
         show_progress="minimal", **page,
     )
+    effects_inputs = [ui.image, ui.target, ui.effects_stage, ui.effects_gate, ui.opacity, ui.colormap, ui.box]
+    gr.on(
+        [ui.effects_button.click, ui.effects_stage.change, ui.effects_gate.change],
+        handlers.attention_effects, effects_inputs, [ui.effects_table, ui.effects_image], trigger_mode="always_last",
+        show_progress="minimal", **page,
+    )
+    gr.on([ui.image.change, ui.target.change], handlers.clear_effects, None, [ui.effects_table, ui.effects_image],
+          queue=False, api_visibility="private")
     ui.stop.click(handlers.stop_slow, None, None, queue=False, api_visibility="private")
     ui.loc_preview.select(handlers.click_corner, [ui.image, ui.corner], box_outputs, **page).then(
         handlers.update_page, page_inputs, page_outputs, **update
@@ -313,7 +344,8 @@ def wire(ui: SimpleNamespace, handlers: Handlers) -> None:
     # The API: one endpoint with the image as its only required input (a hidden trigger; the page uses
     # update_page, which fills more outputs from the same cached analysis).
     api_trigger = gr.Button(visible=False)
+    effects_flag = gr.Checkbox(False, visible=False, label="attention_effects")
     api_trigger.click(
-        handlers.compare, api_inputs, [ui.heatmaps["baseline"], ui.heatmaps["cbam"], ui.scores], preprocess=False,
-        api_name="compare",
+        handlers.compare, [*api_inputs, effects_flag], [ui.heatmaps["baseline"], ui.heatmaps["cbam"], ui.scores],
+        preprocess=False, api_name="compare",
     )

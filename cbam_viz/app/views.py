@@ -20,10 +20,11 @@ from cbam_viz.app.studio import Analysis, Localization, duration
 from cbam_viz.app.uploads import base_name
 from cbam_viz.cam.engine import METHODS, SLOW_METHODS, ModelResult, upsample
 from cbam_viz.cam.render import colorize, overlay
-from cbam_viz.errors import CbamVizError
+from cbam_viz.errors import CbamVizError, echo
 from cbam_viz.eval.metrics import agreement, peak
 from cbam_viz.familiarity.detectors import SCORE_NAMES
-from cbam_viz.io.checkpoints import LoadedModel
+from cbam_viz.io.checkpoints import LoadedModel, ModelMeta
+from cbam_viz.nn.knockout import ImageEffects, KnockOut
 
 NEARLY_CONSTANT = 0.1  # a spatial map spanning less than this is flagged under the picture
 NEARLY_CONSTANT_NOTE = "nearly constant: this block barely reweights positions here"
@@ -117,6 +118,73 @@ def last_attention_agreement(result: ModelResult) -> tuple[str, float] | None:
     heat = result.heatmaps[0]
     spatial = result.attention.spatial[block].float().cpu().numpy()[None]
     return block, agreement(upsample(spatial, (heat.shape[1], heat.shape[0]))[0], heat)
+
+
+EFFECTS_INTRO = (
+    "Each row runs CBAM-ResNet50 with one stage's spatial gate, channel gate or both made constant (the gate's own "
+    "mean on this image, so the activations keep their scale and lose the gate's pattern), reusing the activations "
+    "below that stage. **ΔP**: change in the target's softmax P. **Top-1**: the class it then predicts. "
+    "**CAM r**: Pearson correlation of its layer4 Grad-CAM with the intact one's; **peak** says whether the CAM's "
+    "maximum moved."
+)
+
+
+def effects_json(effects: ImageEffects, meta: ModelMeta) -> dict[str, Any]:
+    """The knock-out table as the `compare` API returns it: the target, the intact outcome, one row per knock-out
+    with class labels and rounded figures (no CAMs)."""
+    table = effects.to_dict()
+
+    def tidy(row: dict[str, Any]) -> dict[str, Any]:
+        row = {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
+        return {**row, "top1_label": meta.class_names[row["top1"]]}
+
+    return {
+        "model": meta.display_name,
+        "target": {"label": meta.class_names[effects.target], "index": effects.target},
+        "intact": tidy(table["intact"]),
+        "knockouts": [tidy(row) for row in table["knockouts"]],
+    }
+
+
+def effects_markdown(effects: ImageEffects, meta: ModelMeta) -> str:
+    """The knock-out table for the page: stage × gate with ΔP, the top-1 after, CAM correlation and peak."""
+    names = meta.class_names
+    lines = [
+        f"**{_md(meta.display_name)}**, target **{_md(names[effects.target])}**, intact P = "
+        f"{effects.intact.p_target:.3f} (top-1 {_md(names[effects.intact.top1])})",
+        "",
+        "| stage | gate made constant | ΔP | top-1 | CAM r | peak |",
+        "| --- | --- | ---: | --- | ---: | --- |",
+    ]
+    for k in effects.knockouts:
+        top1 = "same" if k.outcome.top1 == effects.intact.top1 else f"→ {_md(names[k.outcome.top1])}"
+        lines.append(
+            f"| layer{k.stage} | {k.gate} | {k.outcome.p_target - effects.intact.p_target:+.3f} | {top1} | "
+            f"{k.cam_correlation:.2f} | {'moved' if k.peak_moved else 'same'} |"
+        )
+    return "\n".join(lines) + "\n\n" + EFFECTS_INTRO
+
+
+def find_knockout(effects: ImageEffects, stage: str, gate: str) -> KnockOut:
+    """The knock-out of `stage` ("layer1".."layer4") and `gate`; CbamVizError names the ones measured."""
+    for k in effects.knockouts:
+        if f"layer{k.stage}" == stage and k.gate == gate:
+            return k
+    done = ", ".join(sorted({f"layer{k.stage} {k.gate}" for k in effects.knockouts}))
+    raise CbamVizError(f"no knock-out of the {echo(gate)} gate at {echo(stage)}; measured: {done}")
+
+
+def knockout_overlay(
+    image: Image.Image, effects: ImageEffects, stage: str, gate: str, opacity: float = 0.5, colormap: str = "jet"
+) -> tuple[Image.Image, str]:
+    """The layer4 Grad-CAM with `stage`'s `gate` knocked out over the shown image, and its caption."""
+    k = find_knockout(effects, stage, gate)
+    heatmap = upsample(k.cam[None], image.size)[0]
+    caption = (
+        f"without {stage}'s {'gates' if gate == 'both' else gate + ' gate'} · P {k.outcome.p_target:.3f} "
+        f"(intact {effects.intact.p_target:.3f}) · CAM r {k.cam_correlation:.2f}"
+    )
+    return overlay(image, heatmap, opacity, colormap), caption
 
 
 # each model's peak marker: colour and size relative to the circle; the CBAM square is larger, so that both stay

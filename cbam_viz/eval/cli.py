@@ -8,7 +8,8 @@ difference of CBAM from the baseline (a bootstrap interval, and McNemar's test f
 size (thirds of the scenes by the object's share of the image: a coarse CAM's single peak misses small objects most
 easily), the familiarity score's distribution where the checkpoints carry a detector, writes JSON and a
 Sec. 4.3-style figure. `--road` adds grad-cam's ROAD faithfulness score of each model's own CAM
-(`cbam_viz.eval.faithfulness`) on either data source.
+(`cbam_viz.eval.faithfulness`) on either data source; `--attention-effects` adds what knocking out each stage's
+CBAM gates does to the CBAM model (`cbam_viz.eval.knockouts`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cbam_viz.errors import CbamVizError
 from cbam_viz.eval.photos import run_photos
 from cbam_viz.eval.scenes import run_stamps
 from cbam_viz.io.checkpoints import load_pair
+from cbam_viz.nn.cbam import NEUTRALS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "resize",
     )
     parser.add_argument("--road", action="store_true", help="also score each CAM's faithfulness with ROAD (slow)")
+    parser.add_argument(
+        "--attention-effects", nargs="?", const="mean", choices=NEUTRALS, metavar="NEUTRAL",
+        help="also knock out each stage's spatial and channel attention of the CBAM model(s): the change of P, top-1, "
+        "pointing and energy; each gate is replaced by its per-image mean (mean, default) or its value at "
+        "initialisation (init)",
+    )
     parser.add_argument("--baseline", type=Path, help="baseline checkpoint (default: bundled)")
     parser.add_argument("--cbam", type=Path, help="CBAM checkpoint (default: bundled)")
     parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for eval.json and the figure")

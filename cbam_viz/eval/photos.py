@@ -26,6 +26,7 @@ from cbam_viz.data.imagefolder import PhotoSplit, open_split, unreadable_line
 from cbam_viz.errors import CbamVizError
 from cbam_viz.eval.faithfulness import ROAD_METRIC, road_cost, road_for_batch
 from cbam_viz.eval.framing import describe, frame_boxes, frame_image, frame_mask
+from cbam_viz.eval.knockouts import attach_effects, report_effects
 from cbam_viz.eval.metrics import box_mask, energy_in_mask, localized, mask_boxes, pointing_hit
 from cbam_viz.eval.report import figure_rows, format_class_means, format_table, pointing_class_means, write_outputs
 from cbam_viz.eval.stats import paired_differences
@@ -157,9 +158,11 @@ def evaluate_photos(
     input_size: int | None = None,
     road: bool = False,
     orientation_frame: str = "auto",
+    attention_effects: str | None = None,
 ) -> dict:
     """Score both models on the photos (`frame` = (preprocessing, side)); per-photo records plus annotation counts.
-    Annotations of EXIF-turned photos are turned with them (`orientation_frame`: see the annotations module)."""
+    Annotations of EXIF-turned photos are turned with them (`orientation_frame`: see the annotations module).
+    `attention_effects` (a neutral value of `knock_out`) adds each CBAM model's knock-outs to the records."""
     count = len(samples) if limit is None else min(limit, len(samples))
     if count <= 0:
         raise CbamVizError(f"no photos to evaluate in {samples.root}")
@@ -167,7 +170,7 @@ def evaluate_photos(
     class_set = set(samples.class_names) | set(samples.split.classes)
     stats = {"annotated": 0, "no_annotation": 0, "no_box_in_frame": 0, "boxes_of_unknown_classes": 0,
              "turned_with_exif": 0}
-    road_seconds = 0.0
+    road_seconds = effects_seconds = 0.0
     records, unreadable = [], []
     for start in tqdm(range(0, count, batch_size), desc="eval", unit="batch"):
         loaded = readable(samples, range(start, min(start + batch_size, count)), unreadable)
@@ -179,6 +182,7 @@ def evaluate_photos(
         comparisons = run_models(frames, models, max_side=None, image_targets=targets, input_size=input_size)
         road_by_model, seconds = road_for_batch(models, frames, comparisons, input_size) if road else ({}, 0.0)
         road_seconds += seconds
+        masks = []
         for j, (i, image, comparison) in enumerate(zip(indices, images, comparisons)):
             class_name = samples.class_names[samples.labels[i]]
             box_names = {class_name, samples.split.classes[samples.labels[i]]}  # readable name or folder id/synset
@@ -189,16 +193,20 @@ def evaluate_photos(
                 stats["turned_with_exif"] += 1
             truth = ground_truth(annotation, image, samples.key(i), box_names, *frame)
             count_annotation(stats, annotation, truth, class_set)
+            masks.append(None if truth is None else truth[0])
             record = {"index": i, "file": samples.key(i), "label": class_name, "annotated": truth is not None}
             for key, res in comparison.results.items():
                 record[key] = photo_scores(res.probs, res.heatmaps[0], targets[j], truth)
                 if road:
                     record[key]["road"] = float(road_by_model[key][j])
             records.append(record)
+        if attention_effects:
+            effects_seconds += attach_effects(records[-len(frames):], models, frames, targets, masks, input_size,
+                                              attention_effects)
     if not records:
         raise CbamVizError(f"none of the {count} photos in {samples.root} could be read")
     return {"count": len(records), "annotations": stats, "images": records, "road_seconds": road_seconds,
-            "unreadable": unreadable}
+            "effects_seconds": effects_seconds, "unreadable": unreadable}
 
 
 def count_annotation(stats: dict, annotation: ImageAnnotation | None, truth: GroundTruth | None, classes: set) -> None:
@@ -239,7 +247,7 @@ def run_photos(args: argparse.Namespace, models: dict[str, LoadedModel]) -> int:
     started = time.perf_counter()
     with torch.inference_mode():
         result = evaluate_photos(samples, models, annotations, frame, args.batch_size, args.limit, args.input_size,
-                                 args.road, args.annotation_frame)
+                                 args.road, args.annotation_frame, args.attention_effects)
     summary, paired, rows = compare_photos(result["images"], args.road)
     annotated = [record for record in result["images"] if record["annotated"]]
     class_means = pointing_class_means(annotated) if annotated else None
@@ -269,6 +277,9 @@ def run_photos(args: argparse.Namespace, models: dict[str, LoadedModel]) -> int:
         "images": result["images"],
         "unreadable": result["unreadable"],
     }
+    if args.attention_effects:
+        report["attention_effects"] = report_effects(result["images"], models, args.attention_effects,
+                                                     result["effects_seconds"], unit="images")
     labels = checkpoint_labels(samples, models)
     evaluated = [record["index"] for record in result["images"]]
     chosen = [evaluated[k] for k in figure_rows([samples.labels[i] for i in evaluated], args.figure_rows)]

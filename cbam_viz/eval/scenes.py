@@ -14,6 +14,7 @@ from tqdm import tqdm
 from cbam_viz.cam.engine import run_models
 from cbam_viz.errors import CbamVizError
 from cbam_viz.eval.faithfulness import ROAD_METRIC, road_cost, road_for_batch
+from cbam_viz.eval.knockouts import attach_effects, report_effects
 from cbam_viz.eval.metrics import energy_in_mask, peak, pointing_hit
 from cbam_viz.eval.report import figure_rows, format_class_means, format_table, pointing_class_means, write_outputs
 from cbam_viz.eval.stats import paired_differences
@@ -34,15 +35,16 @@ SIZE_METRICS = ("pointing", "top1")
 
 def evaluate(
     split, models: dict, batch_size: int = 32, limit: int | None = None, input_size: int | None = None,
-    road: bool = False,
+    road: bool = False, attention_effects: str | None = None,
 ) -> dict:
-    """Score every model on a materialized split; returns {model key: {metric: value}} plus per-scene records."""
+    """Score every model on a materialized split; returns {model key: {metric: value}} plus per-scene records.
+    `attention_effects` (a neutral value of `knock_out`) adds each CBAM model's knock-outs to the records."""
     count = len(split) if limit is None else min(limit, len(split))
     if count == 0:
         raise CbamVizError("the split is empty")
     sums = {key: dict.fromkeys((name for name, _ in scene_metrics(road)), 0.0) for key in models}
     per_scene = []
-    road_seconds = 0.0
+    road_seconds = effects_seconds = 0.0
     for start in tqdm(range(0, count, batch_size), desc="eval", unit="batch"):
         scenes = [split[i] for i in range(start, min(start + batch_size, count))]
         comparisons = run_models(
@@ -70,8 +72,13 @@ def evaluate(
                 if res.familiarity is not None:
                     record[key]["familiarity"] = res.familiarity.score
             per_scene.append(record)
+        if attention_effects:
+            effects_seconds += attach_effects(per_scene[start:], models, [s.image for s in scenes],
+                                              [s.label for s in scenes], [s.mask for s in scenes], input_size,
+                                              attention_effects)
     summary = {key: {name: value / count for name, value in totals.items()} for key, totals in sums.items()}
-    return {"count": count, "summary": summary, "scenes": per_scene, "road_seconds": road_seconds}
+    return {"count": count, "summary": summary, "scenes": per_scene, "road_seconds": road_seconds,
+            "effects_seconds": effects_seconds}
 
 
 def scene_metrics(road: bool) -> tuple[tuple[str, str], ...]:
@@ -181,7 +188,8 @@ def run_stamps(args: argparse.Namespace) -> int:
             raise CbamVizError(f"the {key} checkpoint's classes do not match the dataset's ({loaded.meta.source})")
     started = time.perf_counter()
     with torch.inference_mode():
-        result = evaluate(split, models, args.batch_size, args.limit, args.input_size, args.road)
+        result = evaluate(split, models, args.batch_size, args.limit, args.input_size, args.road,
+                          args.attention_effects)
     names = {key: loaded.meta.display_name for key, loaded in models.items()}
     metrics = scene_metrics(args.road)
     paired = paired_differences(result["scenes"], [name for name, _ in metrics], BINARY)
@@ -211,6 +219,9 @@ def run_stamps(args: argparse.Namespace) -> int:
         "familiarity": familiarity,
         "scenes": result["scenes"],
     }
+    if args.attention_effects:
+        report["attention_effects"] = report_effects(result["scenes"], models, args.attention_effects,
+                                                     result["effects_seconds"])
     rows = figure_rows(split.labels[: result["count"]], args.figure_rows)
     write_outputs(args.out, report, [split[i].image for i in rows], [split[i].label for i in rows], models,
                   args.input_size)

@@ -43,13 +43,15 @@ def paired_differences(
     level: float = 0.95,
     resamples: int = RESAMPLES,
     seed: int = 0,
+    pair: tuple[str, str] = ("baseline", "cbam"),
 ) -> dict[str, PairedDifference]:
     """Compare CBAM with the baseline on per-scene records ({"baseline": {metric: value}, "cbam": {...}}), one
-    entry per metric; the metrics named in `binary` score 0 or 1 per scene and also get McNemar's test."""
+    entry per metric; the metrics named in `binary` score 0 or 1 per scene and also get McNemar's test. `pair`
+    names other records to compare the same way (the second minus the first)."""
     if not scenes:
         raise ValueError("no scenes to compare")
-    base = np.array([[s["baseline"][m] for m in metrics] for s in scenes], dtype=np.float64)
-    cbam = np.array([[s["cbam"][m] for m in metrics] for s in scenes], dtype=np.float64)
+    base = np.array([[s[pair[0]][m] for m in metrics] for s in scenes], dtype=np.float64)
+    cbam = np.array([[s[pair[1]][m] for m in metrics] for s in scenes], dtype=np.float64)
     diffs = cbam - base
     count = len(scenes)
     # A bootstrap resample is a multinomial count per scene, so a block of resamples' means is one matrix product;

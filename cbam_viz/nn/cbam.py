@@ -3,11 +3,16 @@
 `CBAMConfig` holds the paper's final design by default and its Sec. 4.1 ablations as options: channel pooling
 (avg, max, both), the spatial descriptor (avg & max over channels, or a learned 1x1 convolution) and kernel size,
 and the arrangement of the two gates (channel then spatial, spatial then channel, in parallel, channel only).
+`knock_out` runs blocks with a gate replaced by a neutral value, to measure what the gate does.
 """
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -21,6 +26,15 @@ SPATIAL_POOLS = ("avg+max", "conv1x1")
 KERNEL_SIZES = (3, 7)
 ARRANGEMENTS = ("channel-spatial", "spatial-channel", "parallel", "channel")
 _VARIANT_ARRANGEMENTS = {"spatial-channel": "spatial first", "parallel": "parallel", "channel": "channel only"}
+GATES = ("spatial", "channel")
+NEUTRALS = ("mean", "init")  # what a knocked-out gate becomes: its per-image mean, or its value at initialisation
+INIT_GATE = 0.5  # both gates at init: the spatial BN's weight starts at 0, the channel MLP's output is near 0
+# Per call (thread, asyncio task), like the attention recorder: {block: (knocked-out gates, neutral)}, so a
+# knock-out never reaches a concurrent request's forward through the shared model.
+_KNOCKOUTS: contextvars.ContextVar[Mapping[CBAM, tuple[frozenset[str], str]]] = contextvars.ContextVar(
+    "cbam_knockouts", default=MappingProxyType({})
+)
+_INTACT: tuple[frozenset[str], str] = (frozenset(), "")
 
 
 @dataclass(frozen=True)
@@ -164,22 +178,64 @@ class CBAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         arrangement = self.config.arrangement
+        knocked, neutral = _KNOCKOUTS.get().get(self, _INTACT)
         ms = None
         if arrangement == "channel":
-            mc = self.channel(x)
+            mc = self._channel(x, knocked, neutral)
             out = x * mc
         elif arrangement == "channel-spatial":
-            mc = self.channel(x)
+            mc = self._channel(x, knocked, neutral)
             x = x * mc
-            ms = self.spatial(x)
+            ms = self._spatial(x, knocked, neutral)
             out = x * ms
         elif arrangement == "spatial-channel":
-            ms = self.spatial(x)
+            ms = self._spatial(x, knocked, neutral)
             x = x * ms
-            mc = self.channel(x)
+            mc = self._channel(x, knocked, neutral)
             out = x * mc
         else:  # parallel: both gates see F, and their product reweights it
-            mc, ms = self.channel(x), self.spatial(x)
+            mc, ms = self._channel(x, knocked, neutral), self._spatial(x, knocked, neutral)
             out = x * mc * ms
         record(self.name, mc, ms)
         return out
+
+    def _channel(self, x: torch.Tensor, knocked: frozenset[str], neutral: str) -> torch.Tensor:
+        mc = self.channel(x)
+        return _neutral(mc, (1,), neutral) if "channel" in knocked else mc
+
+    def _spatial(self, x: torch.Tensor, knocked: frozenset[str], neutral: str) -> torch.Tensor:
+        ms = self.spatial(x)
+        return _neutral(ms, (2, 3), neutral) if "spatial" in knocked else ms
+
+
+def _neutral(gate: torch.Tensor, dims: tuple[int, ...], neutral: str) -> torch.Tensor:
+    """The gate made constant over `dims`: its per-image mean there, or INIT_GATE."""
+    if neutral == "mean":
+        return gate.mean(dim=dims, keepdim=True).expand_as(gate)
+    return torch.full_like(gate, INIT_GATE)
+
+
+@contextmanager
+def knock_out(blocks: Iterable[CBAM], gates: Iterable[str], neutral: str = "mean") -> Iterator[None]:
+    """Run `blocks` with their `gates` ("spatial", "channel") made constant, in this thread or task only.
+
+    The default neutral value is the gate's own per-image mean (over H, W for the spatial map, over channels for
+    the channel weights): the block's output keeps the scale the gate gave it, so later layers see activations of
+    the size they were trained on, and only the gate's pattern, where or which channels it favours, is removed.
+    "init" uses the gate's value at initialisation instead, a constant that ignores what training made of its
+    scale. ValueError for an unknown gate or neutral value, and for a spatial gate that a block lacks.
+    """
+    gates, blocks = frozenset(gates), list(blocks)
+    if not gates or not gates <= set(GATES):
+        raise ValueError(f"gates to knock out must be some of {', '.join(GATES)} (got {sorted(gates)})")
+    if neutral not in NEUTRALS:
+        raise ValueError(f"neutral value {neutral!r} is not one of {', '.join(NEUTRALS)}")
+    lacking = [block.name or "a block" for block in blocks if "spatial" in gates and block.spatial is None]
+    if lacking:
+        raise ValueError(f"{lacking[0]} has no spatial gate (arrangement 'channel'): only its channel gate can be "
+                         "knocked out")
+    token = _KNOCKOUTS.set({**_KNOCKOUTS.get(), **{block: (gates, neutral) for block in blocks}})
+    try:
+        yield
+    finally:
+        _KNOCKOUTS.reset(token)

@@ -127,9 +127,17 @@ def infer_cbam_config(state: dict[str, torch.Tensor]) -> CBAMConfig:
 
 def forward_maps(model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the network once and return (logits, layer3 activations, layer4 activations) without any hook."""
-    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-    layer3 = model.layer3(model.layer2(model.layer1(x)))
+    layer3 = model.layer3(model.layer2(model.layer1(stem(model, x))))
     features = model.layer4(layer3)
-    logits = model.fc(torch.flatten(model.avgpool(features), 1))
-    return logits, layer3, features
+    return head(model, features), layer3, features
+
+
+def stem(model: ResNet, x: torch.Tensor) -> torch.Tensor:
+    """The layers before layer1 (convolution, BN, ReLU, max pooling): layer1's input."""
+    return model.maxpool(model.relu(model.bn1(model.conv1(x))))
+
+
+def head(model: ResNet, features: torch.Tensor) -> torch.Tensor:
+    """The logits of layer4 activations: global average pooling, then fc."""
+    return model.fc(torch.flatten(model.avgpool(features), 1))
 
