@@ -33,33 +33,37 @@ def branch_channels(block: BasicBlock | Bottleneck) -> int:
     return (block.bn3 if isinstance(block, Bottleneck) else block.bn2).num_features
 
 
-class CBAMBasicBlock(BasicBlock):
+class CBAMBlock(nn.Module):
+    """CBAM applied to a torchvision block's residual branch output (`branch`), before the residual add; mixed in
+    before BasicBlock or Bottleneck, whose layers and parameter names it keeps."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.cbam = CBAM(branch_channels(self))  # replaced by build_model with the requested config and name
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch up to its last BN."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.cbam(self.branch(x)) + identity)
+
+
+class CBAMBasicBlock(CBAMBlock, BasicBlock):
     """torchvision's BasicBlock with CBAM applied to the residual branch before the add."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.cbam = CBAM(branch_channels(self))  # replaced by build_model with the requested config and name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.cbam(self.bn2(self.conv2(out)))
-        return self.relu(out + identity)
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
-class CBAMBottleneck(Bottleneck):
+class CBAMBottleneck(CBAMBlock, Bottleneck):
     """torchvision's Bottleneck with CBAM applied to the residual branch before the add."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.cbam = CBAM(branch_channels(self))  # replaced by build_model with the requested config and name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.cbam(self.bn3(self.conv3(out)))
-        return self.relu(out + identity)
+        return self.bn3(self.conv3(out))
 
 
 def parse_arch(arch: str) -> tuple[int, bool]:
@@ -89,7 +93,7 @@ def build_model(
     block = (CBAMBasicBlock if plain is BasicBlock else CBAMBottleneck) if with_cbam else plain
     model = ResNet(block, list(layers), num_classes=num_classes, zero_init_residual=zero_init_residual)
     for name, module in list(model.named_modules()):
-        if isinstance(module, (CBAMBasicBlock, CBAMBottleneck)):
+        if isinstance(module, CBAMBlock):
             module.cbam = CBAM(branch_channels(module), cbam, name=name)
             if module.cbam.spatial is not None:
                 nn.init.zeros_(module.cbam.spatial.bn.weight)
