@@ -112,6 +112,18 @@ def tiny_models(tiny_checkpoints) -> dict[str, LoadedModel]:
     return load_pair(tiny_checkpoints["baseline"], tiny_checkpoints["cbam"])
 
 
+SMALL_SIDE = 32  # the input side of `small_models`
+
+
+@pytest.fixture(scope="session")
+def small_models(tmp_path_factory) -> dict[str, LoadedModel]:
+    """A ResNet18 pair at 32 px: 64 channels at layer1, 128 at layer2, per model (ScoreCAM at any layer in seconds)."""
+    root = tmp_path_factory.mktemp("small")
+    paths = [make_checkpoint(root / f"{arch}.safetensors", arch, seed, input_size=SMALL_SIDE)
+             for seed, arch in enumerate(("resnet18", "resnet18-cbam"))]  # fmt: skip
+    return load_pair(*paths)
+
+
 def random_image(seed: int, size: tuple[int, int] = (72, 56)) -> Image.Image:
     """A deterministic RGB noise image with a bright blob, so CAMs differ between images."""
     rng = np.random.default_rng(seed)

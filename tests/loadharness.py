@@ -1,13 +1,17 @@
 """The load harness of `tests/test_load.py`, `tests/test_hardening.py` and `benchmarks/load.py`: the app in a child
 process reporting its memory, files and hooks; requests with their own images and controls, each answer checked
-against the same request computed locally; the concurrent, identical-photo, beside-ScoreCAM and soak runs."""
+against the same request computed locally; the concurrent, identical-photo, beside-ScoreCAM and soak runs; then
+large request bodies that must be refused, ScoreCAM against its time limit, and the hostile inputs whose errors must
+say something."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import multiprocessing
 import os
+import re
 import signal
 import statistics
 import sys
@@ -16,10 +20,11 @@ import threading
 import time
 import traceback
 import urllib.request
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 from PIL import Image
@@ -27,6 +32,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+if TYPE_CHECKING:
+    from tests.badfiles import Entry
 
 HOOK_DICTS = (
     "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -119,12 +127,43 @@ def cache_stats(demo) -> dict[str, float]:
 
 def proc_stats(pid: int) -> dict[str, float]:
     """RSS (MB) and open file descriptors of process `pid`, from /proc."""
-    rss_kb = 0
+    return {"rss_mb": rss_mb(pid), "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of process `pid` in MB (MiB, as everywhere in this harness), from /proc."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
-                rss_kb = int(line.split()[1])
-    return {"rss_mb": rss_kb / 1024, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakRss:
+    """The highest RSS (MB) of process `pid` while the block runs, read every `every` seconds (nan without a pid)."""
+
+    def __init__(self, pid: int | None, every: float = 0.1) -> None:
+        self.pid, self.every = pid, every
+        self.peak = 0.0 if pid else float("nan")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="peak-rss")
+
+    def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                self.peak = max(self.peak, rss_mb(self.pid))
+            if self._done.wait(self.every):
+                return
+
+    def __enter__(self) -> Self:
+        if self.pid:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 @dataclass
@@ -204,14 +243,16 @@ class ExternalApp:
 def start_app(
     baseline: str | os.PathLike, cbam: str | os.PathLike, *, port: int | None = None, queue_size: int = 32,
     concurrency: int = 2, log: str | os.PathLike | None = None, threads: int | None = None, wait: bool = True,
-    env: dict[str, str] | None = None, cache_seconds: int | None = None,
+    env: dict[str, str] | None = None, cache_seconds: int | None = None, slow_seconds: int | None = None,
+    max_file_size: str | None = None,
 ) -> AppHandle:
     """Start `python app.py`'s main() in a child process on a free loopback port.
 
     `threads`: PyTorch intra-op threads in the app (default: PyTorch's choice, as `python app.py` runs).
     `wait=False` returns at once (call `wait_ready()` before sending requests), so the caller can work meanwhile.
-    `cache_seconds`: the app's --cache-seconds (default: the app's). Give `env` a GRADIO_TEMP_DIR of its own to
-    measure the app's cache alone.
+    `cache_seconds`, `slow_seconds`, `max_file_size`: the app's --cache-seconds, --slow-seconds (ScoreCAM's time
+    limit) and --max-file-size (which sets the request-body bounds too); None: the app's default. Give `env` a
+    GRADIO_TEMP_DIR of its own to measure the app's cache alone.
     """
     from tests.apphelpers import free_port
 
@@ -219,8 +260,10 @@ def start_app(
     log = Path(log or tempfile.mkstemp(prefix="cbam-load-", suffix=".log")[1])
     argv = ["--host", "127.0.0.1", "--port", str(port), "--baseline", str(baseline), "--cbam", str(cbam),
             "--queue-size", str(queue_size), "--concurrency", str(concurrency)]
-    if cache_seconds is not None:
-        argv += ["--cache-seconds", str(cache_seconds)]
+    for option, value in (("--cache-seconds", cache_seconds), ("--slow-seconds", slow_seconds),
+                          ("--max-file-size", max_file_size)):
+        if value is not None:
+            argv += [option, str(value)]
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_child, args=(child, argv, str(log), threads), name="cbam-app", daemon=True)
@@ -655,3 +698,381 @@ def soak(handle: AppHandle, jobs: Sequence[Job], expected: dict[int, Reference],
 def split(jobs: Sequence[Job], clients: int) -> list[list[Job]]:
     per = len(jobs) // clients
     return [list(jobs[i * per : (i + 1) * per]) for i in range(clients)]
+
+
+# ---------------------------------------------------------------------------------------------- large bodies
+BODY_REFUSED = "a request body may be at most"  # the reason of the app's 413 for a body over its bound
+
+
+@dataclass(frozen=True)
+class DataUrlBody:
+    """A /gradio_api/call/compare JSON body of about `megabytes` MB whose image is a base64 data: URL, generated a
+    chunk at a time as it is sent, so that a client sending many never holds one whole."""
+
+    megabytes: float
+    head: ClassVar[bytes] = b'{"data":[{"path":null,"url":"data:image/jpeg;base64,'
+    tail: ClassVar[bytes] = b'","meta":{"_type":"gradio.FileData"}}]}'
+    chunk: ClassVar[int] = 2**16
+
+    @property
+    def blocks(self) -> int:
+        return max(0, round((self.megabytes * 2**20 - len(self.head) - len(self.tail)) / self.chunk))
+
+    def __len__(self) -> int:
+        return len(self.head) + self.blocks * self.chunk + len(self.tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.head
+        block = b"A" * self.chunk
+        for _ in range(self.blocks):
+            yield block
+        yield self.tail
+
+
+def post_body(url: str, body: DataUrlBody, with_length: bool) -> tuple[int, str]:
+    """POST `body` to /gradio_api/call/compare with its Content-Length, or in chunks without one: (HTTP status, the
+    answer's text); status 0 with the error when the connection failed."""
+    import httpx
+
+    headers = {"content-type": "application/json"}
+    if with_length:
+        headers["content-length"] = str(len(body))
+    try:
+        response = httpx.post(url + "gradio_api/call/compare", content=body, headers=headers, timeout=300)
+    except httpx.HTTPError as err:
+        return 0, f"{type(err).__name__}: {err}"
+    return response.status_code, response.text
+
+
+@dataclass
+class BodiesResult:
+    """Large request bodies sent to /compare: how each was sent and answered, and the app's RSS around them."""
+
+    megabytes: float
+    answers: list[tuple[str, int, str]]  # (how it was sent, HTTP status, the answer's text)
+    before: float  # RSS (MB) before the first
+    peak: float  # the highest while they were sent
+    after: float  # after `idle` seconds without requests
+    idle: float
+
+    @property
+    def problems(self) -> list[str]:
+        """Every body not refused with 413 and the reason."""
+        return [f"{how}: HTTP {status} {text[:200]!r}" for how, status, text in self.answers
+                if status != 413 or BODY_REFUSED not in text]
+
+    def summary(self) -> str:
+        ways = ", ".join(f"{sum(how == way for how, _, _ in self.answers)} {way}"
+                         for way in dict.fromkeys(how for how, _, _ in self.answers))
+        reason = next((text for _, status, text in self.answers if status == 413), "")
+        return (
+            f"{len(self.answers)} bodies of {self.megabytes:.0f} MB ({ways}): "
+            f"{len(self.answers) - len(self.problems)} refused with 413 ({reason!r}), {len(self.problems)} not; "
+            f"RSS {self.before:.0f} MB before, peak {self.peak:.0f} MB, {self.after:.0f} MB after {self.idle:.0f} s "
+            "idle"
+        )
+
+
+def send_large_bodies(handle: AppHandle | ExternalApp, count: int, megabytes: float, together: int = 2,
+                      idle: float = 5.0) -> BodiesResult:
+    """`count` /compare bodies of `megabytes` MB each (a base64 data: URL image), every other one with its
+    Content-Length and the others in chunks without one: one after another, then the last `together` at once.
+    The RSS is read again after `idle` seconds without requests."""
+    body = DataUrlBody(megabytes)
+    answers: list[tuple[str, int, str]] = []
+    lock = threading.Lock()
+
+    def send(with_length: bool) -> None:
+        status, text = post_body(handle.url, body, with_length)
+        with lock:
+            answers.append(("with Content-Length" if with_length else "chunked", status, text))
+
+    ways, together = [n % 2 == 0 for n in range(count)], min(together, count)
+    before = handle.stats()["rss_mb"]
+    with PeakRss(handle.pid) as peak:
+        for with_length in ways[: count - together]:
+            send(with_length)
+        threads = [threading.Thread(target=send, args=(way,), daemon=True) for way in ways[count - together :]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    time.sleep(idle)
+    return BodiesResult(megabytes, answers, before, peak.peak, handle.stats()["rss_mb"], idle)
+
+
+# ---------------------------------------------------------------------------------------------- ScoreCAM's limit
+SLOW_REFUSED = "over its limit of"  # a ScoreCAM request refused before it runs, its estimate over the limit
+SLOW_STOPPED = "stopped at its limit of"  # one stopped when it reached the limit
+
+
+@dataclass
+class SlowRun:
+    """One ScoreCAM request: its layer, what became of it, its wall time at the client and its message."""
+
+    layer: str
+    outcome: str  # "answered", "stopped" (at the limit), "refused" (before it ran) or "failed" (anything else)
+    seconds: float
+    message: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome in ("answered", "stopped")
+
+    def describe(self) -> str:
+        said = f": {self.message[:300]}" if self.message else ""
+        return f"{self.layer} {self.outcome} in {self.seconds:.1f} s{said}"
+
+
+def scorecam_request(client: Any, path: str | os.PathLike, layer: str, timeout: float) -> SlowRun:
+    """ScoreCAM for the image at `path` at `layer` through /compare, timed."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    began = time.perf_counter()
+    try:
+        client.submit(handle_file(str(path)), method="scorecam", layer=layer, api_name="/compare").result(timeout)
+        outcome, message = "answered", ""
+    except AppError as err:
+        message = str(err)
+        outcome = "stopped" if SLOW_STOPPED in message else "refused" if SLOW_REFUSED in message else "failed"
+    except Exception as err:  # a timeout, a lost connection
+        outcome, message = "failed", f"{type(err).__name__}: {err}"
+    return SlowRun(layer, outcome, time.perf_counter() - began, message)
+
+
+@dataclass
+class LimitResult:
+    """ScoreCAM at each layer against the time limit, then the request at the first layer that must be accepted
+    again: refused while a slow run's estimate fades (`waited` seconds in all), then accepted."""
+
+    runs: list[SlowRun]
+    recovery: list[SlowRun]
+    limit: float
+    margin: float  # the seconds a run may take past the limit to stop (its last batch, the answer's way back)
+    waited: float
+    peak_rss: float
+
+    @property
+    def accepted(self) -> list[SlowRun]:
+        return [run for run in (*self.runs, *self.recovery) if run.accepted]
+
+    @property
+    def worst(self) -> float:
+        """The longest accepted run, in seconds."""
+        return max((run.seconds for run in self.accepted), default=float("nan"))
+
+    @property
+    def problems(self) -> list[str]:
+        allowed = self.limit + self.margin
+        found = [f"{run.describe()}: over the limit of {allowed:g} s" for run in self.accepted if run.seconds > allowed]
+        for run in (*self.runs, *self.recovery):
+            if run.outcome == "refused" and run.seconds > self.margin:
+                found.append(f"{run.describe()}: refused, but only after {run.seconds:.1f} s")
+            if run.outcome == "failed":
+                found.append(f"{run.describe()}: neither an answer nor a refusal or a stop at the limit")
+            if run.layer == "layer1" and "earlier layer" in run.message:
+                found.append(f"{run.describe()}: suggests an earlier layer than the first")
+        if not self.recovery[-1].accepted:
+            found.append(f"{self.recovery[-1].describe()}: still refused after {self.waited:.0f} s")
+        return found
+
+    def summary(self) -> str:
+        """The figures on a first line (worst accepted run against the limit, the first layer again), then every
+        request on its own."""
+        worst = f"{self.worst:.1f} s" if self.accepted else "none"
+        last, stopped = self.recovery[-1], sum(run.outcome == "stopped" for run in self.runs)
+        refusals = f"after {len(self.recovery) - 1} refusals over {self.waited:.0f} s" if self.waited else "at once"
+        again = f"accepted {refusals}" if last.accepted else f"still refused after {self.waited:.0f} s"
+        lines = [run.describe() for run in self.runs] + [f"again, another photo: {last.describe()}"]
+        return (
+            f"ScoreCAM against its limit of {self.limit:g} s: worst accepted run {worst} against {self.limit:g} s + "
+            f"{self.margin:g} s to stop; {last.layer} again (another photo), {stopped} of the {len(self.runs)} runs "
+            f"having stopped at the limit: {again}; peak RSS {self.peak_rss:.0f} MB"
+            + "".join(f"\n    {line}" for line in lines)
+        )
+
+
+def run_scorecam_limits(url: str, photo: str | os.PathLike, fresh: str | os.PathLike, limit: float, *,
+                        layers: Sequence[str] | None = None, margin: float = 5.0, wait: float = 0.0,
+                        retry: float = 30.0, pid: int | None = None) -> LimitResult:
+    """ScoreCAM for `photo` at each of `layers` (default: all) in turn, from one client: each must be refused at
+    once with its reason, or be accepted and then answer, or stop at `limit` seconds saying so, within `margin`
+    seconds more. Then ScoreCAM at the first of them for `fresh` (another photo: `photo`'s answer is cached), sent
+    again every `retry` seconds for up to `wait` seconds while it is refused: a slow run must not refuse it for good.
+    `pid`: the app's, for its peak RSS."""
+    from gradio_client import Client
+
+    from cbam_viz.cam.engine import LAYERS
+
+    layers = list(layers or LAYERS)
+    client = Client(url, verbose=False)
+    timeout = 10 * limit + 120  # a run that ignores its limit is still measured
+    with PeakRss(pid) as peak:
+        runs = [scorecam_request(client, photo, layer, timeout) for layer in layers]
+        began, waited = time.monotonic(), 0.0
+        recovery = [scorecam_request(client, fresh, layers[0], timeout)]
+        while recovery[-1].outcome == "refused" and time.monotonic() - began + retry <= wait:
+            time.sleep(retry)
+            waited = time.monotonic() - began
+            recovery.append(scorecam_request(client, fresh, layers[0], timeout))
+    client.close()
+    return LimitResult(runs, recovery, limit, margin, waited, peak.peak)
+
+
+# ---------------------------------------------------------------------------------------------- hostile inputs
+BLANK = "has not enabled verbose error reporting"  # gradio_client's words for an error the server sent without text
+META = {"meta": {"_type": "gradio.FileData"}}
+# the page's own events sent without the click that makes them, as a client can: (event, inputs, event data)
+PAGE_EVENTS = {
+    "page-corner-without-click": ("click_corner", [None, None], None),
+    "page-example-without-click": ("pick_example", [], None),
+    "page-example-999": ("pick_example", [], {"index": 999, "value": None}),
+    "page-top5-without-click": ("pick_target", [], None),
+}
+
+
+def is_blank(message: str | None) -> bool:
+    """An error without words: none at all (the server's `{"error": null}`), only spaces, or gradio_client's
+    stand-in for none."""
+    return message is None or not message.strip() or BLANK in message
+
+
+def upload_raw(url: str, filename: bytes, content: bytes) -> str:
+    """POST a file to Gradio's upload route with the file name as raw bytes (httpx only sends str names)."""
+    import httpx
+
+    boundary = uuid.uuid4().hex.encode()
+    body = (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"; filename="' + filename
+        + b'"\r\nContent-Type: application/octet-stream\r\n\r\n' + content + b"\r\n--" + boundary + b"--\r\n"
+    )
+    response = httpx.post(
+        url + "gradio_api/upload", content=body,
+        headers={"content-type": "multipart/form-data; boundary=" + boundary.decode()}, timeout=60,
+    )
+    response.raise_for_status()
+    return response.json()[0]
+
+
+def upload_stream(url: str, path: str | os.PathLike) -> Any:
+    """POST the file at `path` to Gradio's upload route, read as it is sent (gradio_client refuses a file over the
+    app's cap before sending it): the httpx response."""
+    import httpx
+
+    with open(path, "rb") as file:
+        return httpx.post(url + "gradio_api/upload", files={"files": (Path(path).name, file)}, timeout=300)
+
+
+def call_rest(url: str, data: list) -> tuple[str, dict]:
+    """POST /gradio_api/call/compare as curl would, then read the event stream: (event, its data)."""
+    import httpx
+
+    posted = httpx.post(url + "gradio_api/call/compare", json={"data": data}, timeout=60)
+    posted.raise_for_status()
+    stream = httpx.get(url + f"gradio_api/call/compare/{posted.json()['event_id']}", timeout=300).text
+    events = re.findall(r"event: (\w+)\ndata: (.*)", stream)
+    event, payload = next((e, d) for e, d in events if e in ("complete", "error"))
+    return event, json.loads(payload)
+
+
+def call_event(url: str, name: str, data: list, event_data: dict | None) -> tuple[bool, str | None]:
+    """Send the page's event `name` (its function's name in the app's config) through the queue as the page does,
+    with `event_data` as what the click gave: (completed, the error message when it did not)."""
+    import httpx
+
+    config = httpx.get(url + "config", timeout=60).json()
+    fn_index = next(dep["id"] for dep in config["dependencies"] if dep.get("api_name") == name)
+    session = uuid.uuid4().hex
+    joined = httpx.post(url + "gradio_api/queue/join", timeout=60, json={
+        "data": data, "fn_index": fn_index, "session_hash": session, "event_data": event_data, "trigger_id": None,
+    })
+    joined.raise_for_status()
+    with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session}, timeout=300) as events:
+        for line in events.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed":
+                return bool(message.get("success")), (message.get("output") or {}).get("error")
+    raise RuntimeError(f"the event stream of {name} ended without its answer")
+
+
+def rest_cases(uploaded: str) -> dict[str, list]:
+    """Raw /gradio_api/call/compare inputs that must each be refused with a message, by kind; `uploaded`: the
+    server path of a file uploaded to the app."""
+    return {
+        "rest-list-for-the-image": [[{"path": uploaded, **META}]],
+        "rest-two-images": [[{"path": uploaded, **META}, {"path": uploaded, **META}]],
+        "rest-server-path": [{"path": "/etc/passwd", **META}],
+        "rest-no-inputs": [],
+        "rest-text-for-the-image": ["missing.jpg"],
+        "rest-number-for-the-image": [12],
+    }
+
+
+@dataclass
+class HostileResult:
+    """Each hostile input by kind: whether it must be answered (None: answered or refused), and what it got (None
+    when answered, else the error message, itself None when the server sent none)."""
+
+    outcomes: dict[str, tuple[bool | None, str | None, bool]]  # kind -> (must be answered, message, answered)
+
+    @property
+    def blank(self) -> list[str]:
+        return [kind for kind, (_, message, answered) in self.outcomes.items() if not answered and is_blank(message)]
+
+    @property
+    def wrong(self) -> list[str]:
+        """Kinds refused that must be answered, or answered that must be refused."""
+        return [kind for kind, (must, _, answered) in self.outcomes.items() if must is not None and must != answered]
+
+    def summary(self) -> str:
+        answered = sum(answered for _, _, answered in self.outcomes.values())
+        refused = len(self.outcomes) - answered - len(self.blank)
+        rest, page = (sum(kind.startswith(prefix) for kind in self.outcomes) for prefix in ("rest-", "page-"))
+        return (
+            f"{len(self.outcomes) - rest - page} corpus files, {rest} raw REST calls and {page} page events: "
+            f"{answered} answered, {refused} refused with a message, "
+            f"{len(self.blank)} blank errors ({', '.join(self.blank) or 'none'}); {len(self.wrong)} answered where "
+            f"they must be refused or refused where they must be answered ({', '.join(self.wrong) or 'none'})"
+        )
+
+
+def send_hostile(url: str, entries: Sequence[Entry], page_events: bool = True) -> HostileResult:
+    """The corpus files (tests/badfiles.py) through /compare with gradio_client, the raw REST inputs of
+    `rest_cases`, and with `page_events` the page's events of PAGE_EVENTS: what each got."""
+    from gradio_client import Client
+
+    from tests.badfiles import encode
+    from tests.conftest import random_image
+
+    client = Client(url, verbose=False)
+    outcomes = {entry.kind: (entry.ok, *send_file(client, url, entry)) for entry in entries}
+    client.close()
+    uploaded = upload_raw(url, b"rest.png", encode(random_image(8, (70, 50)), "PNG"))
+    for kind, data in rest_cases(uploaded).items():
+        event, answer = call_rest(url, data)
+        outcomes[kind] = (False, answer.get("error") if event == "error" else None, event == "complete")
+    for kind, (name, data, event_data) in PAGE_EVENTS.items() if page_events else ():
+        completed, message = call_event(url, name, data, event_data)
+        outcomes[kind] = (None, message, completed)
+    return HostileResult(outcomes)
+
+
+def send_file(client: Any, url: str, entry: Entry) -> tuple[str | None, bool]:
+    """One corpus file through /compare: (the error message or None, answered)."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    if entry.sparse:  # over the upload cap: gradio_client would refuse to send it, the server must refuse it
+        response = upload_stream(url, entry.path)
+        return (None, True) if response.status_code == 200 else (response.text, False)
+    if isinstance(entry.name, bytes):  # a browser or curl can send it; gradio_client cannot encode it
+        uploaded = upload_raw(url, entry.name, entry.path.read_bytes())
+        payload = {"path": uploaded, "orig_name": Path(uploaded).name, **META}
+    else:
+        payload = handle_file(str(entry.path))
+    try:
+        client.predict(payload, api_name="/compare")
+        return None, True
+    except AppError as err:
+        return str(err), False

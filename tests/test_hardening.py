@@ -17,7 +17,6 @@ import sys
 import urllib.parse
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import gradio as gr
 import httpx
@@ -36,8 +35,8 @@ from cbam_viz.cam.engine import fit_within
 from cbam_viz.export.discover import IMAGE_SUFFIXES
 from tests import badfiles
 from tests.apphelpers import ROOT, app, app_process, free_port, serve
-from tests.conftest import random_image
-from tests.loadharness import compare_answer, expected_answer
+from tests.conftest import CLASS_NAMES, random_image
+from tests.loadharness import call_rest, compare_answer, expected_answer, upload_raw, upload_stream
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -75,21 +74,6 @@ def client(server) -> Client:
     return Client(server.url, verbose=False)
 
 
-def upload_raw(url: str, filename: bytes, content: bytes) -> str:
-    """POST a file to Gradio's upload route with the file name as raw bytes (httpx only sends str names)."""
-    boundary = uuid.uuid4().hex.encode()
-    body = (
-        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"; filename="' + filename
-        + b'"\r\nContent-Type: application/octet-stream\r\n\r\n' + content + b"\r\n--" + boundary + b"--\r\n"
-    )
-    response = httpx.post(
-        url + "gradio_api/upload", content=body,
-        headers={"content-type": "multipart/form-data; boundary=" + boundary.decode()}, timeout=60,
-    )
-    response.raise_for_status()
-    return response.json()[0]
-
-
 # ------------------------------------------------------------------------------------------ the corpus: API
 @pytest.mark.parametrize("kind", KINDS)
 def test_corpus_through_the_api(kind, corpus, server, client, tiny_models, one_thread, tmp_path):
@@ -97,8 +81,7 @@ def test_corpus_through_the_api(kind, corpus, server, client, tiny_models, one_t
     if entry.sparse:  # 200 MB: gradio_client refuses before sending, the server's request bound answers 413
         with pytest.raises(ValueError, match="exceeds the maximum file size"):
             client.predict(handle_file(str(entry.path)), api_name="/compare")
-        with open(entry.path, "rb") as f:
-            response = httpx.post(server.url + "gradio_api/upload", files={"files": ("huge.jpg", f)}, timeout=120)
+        response = upload_stream(server.url, entry.path)
         assert response.status_code == 413 and "an upload request may be at most 3 MB" in response.text
     else:
         if isinstance(entry.name, bytes):  # a browser or curl can send it; gradio_client cannot encode it
@@ -327,16 +310,6 @@ def test_images_sent_without_handle_file_get_a_message_saying_what_to_send(clien
         client.predict(extra_images=[payload or "x"], include_current=False, api_name="/paper_figure")
 
 
-def call_rest(url: str, data: list) -> tuple[str, dict]:
-    """POST /gradio_api/call/compare as curl would, then read the event stream: (event, its data)."""
-    posted = httpx.post(url + "gradio_api/call/compare", json={"data": data}, timeout=60)
-    posted.raise_for_status()
-    stream = httpx.get(url + f"gradio_api/call/compare/{posted.json()['event_id']}", timeout=300).text
-    events = re.findall(r"event: (\w+)\ndata: (.*)", stream)
-    event, payload = next((e, d) for e, d in events if e in ("complete", "error"))
-    return event, json.loads(payload)
-
-
 def test_raw_rest_calls_get_answers_or_messages(server, tiny_models, tmp_path):
     image = random_image(8, (70, 50))
     uploaded = upload_raw(server.url, b"rest.png", badfiles.encode(image, "PNG"))
@@ -501,5 +474,12 @@ def test_page_events_sent_without_their_event_data_get_a_message_or_change_nothi
     with pytest.raises(gr.Error, match="a corner comes from a click on the localization preview"):
         handlers.click_corner(None, None)
     assert handlers.pick_target() == gr.skip() and handlers.pick_example() == gr.skip()
-    outside = SimpleNamespace(value={"image": {"path": "/etc/passwd"}})  # an example click naming a server file
+    outside = gr.EventData(None, {"index": 0, "value": {"image": {"path": "/etc/passwd"}}})  # names a server file
     assert handlers.pick_example(outside) == gr.skip()
+    inside = Path(handlers.uploads[0]) / "events-test" / "example.png"
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    random_image(67).save(inside)
+    assert handlers.pick_example(gr.EventData(None, {"index": 0, "value": {"image": {"path": str(inside)}}})) == str(
+        inside
+    )
+    assert handlers.pick_target(gr.EventData(None, {"index": 0, "value": CLASS_NAMES[2]})) == CLASS_NAMES[2]

@@ -1,4 +1,5 @@
-"""Many users at once and a long run, at reduced counts (`python benchmarks/load.py` runs the full 8×25 and 500).
+"""Many users at once, a long run, large bodies, ScoreCAM's limit and hostile inputs, at reduced counts
+(`python benchmarks/load.py` runs the full 8×25 and 500, ten bodies of 150 MB and the bundled models).
 
 The app runs as `app.main()` in a child process (tests.loadharness.start_app), which reports its RSS, open files,
 threads and the hooks on every module of both models. Every concurrent answer (and every 4th of the soak) is
@@ -9,6 +10,7 @@ as an error does.
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,20 +18,24 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
+from cbam_viz.app import studio as studio_module
 from cbam_viz.app.figure_export import ExportFolder
 from cbam_viz.app.served import cache_schedule
 from cbam_viz.app.studio import Studio
+from cbam_viz.cam import scorecam
 from cbam_viz.cam.engine import compare
 from cbam_viz.io.examples import EXAMPLES_DIR
 from tests import loadharness as load
 from tests.apphelpers import serve
-from tests.conftest import random_image
+from tests.badfiles import write_corpus
+from tests.conftest import SMALL_SIDE, random_image
 
 pytestmark = pytest.mark.timeout(300)
 
 CLIENTS, REQUESTS, SOAK, WARMUP = 4, 5, 60, 30
 EXAMPLES = sorted(path.name for path in EXAMPLES_DIR.iterdir() if path.suffix == ".jpg")  # the page's gallery
 CACHE_SECONDS = 8
+MAX_FILE_SIZE = "20mb"  # the app's upload cap, and with it its bound on a request body: 4/3 of it plus 1 MiB
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +67,7 @@ def running(tiny_checkpoints, jobs, gradio_dir, tmp_path_factory):
         # `python benchmarks/load.py` measures glibc's default.
         env={"MALLOC_MMAP_THRESHOLD_": "131072", "GRADIO_TEMP_DIR": str(gradio_dir)},
         cache_seconds=CACHE_SECONDS,  # short, so that the soak sees uploads and overlays pruned
+        max_file_size=MAX_FILE_SIZE,
         wait=False,
     )
     try:
@@ -126,6 +133,34 @@ def test_soak_keeps_memory_hooks_and_files_flat(running, jobs):
     # each request writes its upload and two overlays; at most the last `window` seconds' worth may remain
     per_second = 3 * SOAK / sum(result.latencies)
     assert result.end["cache_files"] <= min(3 * SOAK, per_second * window) + 5, result.summary()
+
+
+def test_large_bodies_are_refused_and_leave_no_memory_behind(running):
+    """Bodies over the bound (about 28 MB here), with their Content-Length or in chunks without one, the last two
+    at once, each get 413 with the reason, and the RSS comes back (a 150 MB body once left 550 MB for good)."""
+    result = load.send_large_bodies(running, count=6, megabytes=40, together=2, idle=2.0)
+    print(result.summary())
+    assert result.problems == [], result.summary()
+    assert sorted(how for how, _, _ in result.answers) == 3 * ["chunked"] + 3 * ["with Content-Length"]
+    assert result.after <= result.before + 50, result.summary()
+
+
+def test_hostile_inputs_all_get_a_message(running, tmp_path):
+    """The corpus's refused files (each answer's wording is tests/test_hardening.py's) and the raw REST inputs:
+    no error without a message (a list in place of the image got `{"error": null}`)."""
+    refused = [entry for entry in write_corpus(tmp_path / "corpus") if not entry.ok]
+    result = load.send_hostile(running.url, refused, page_events=False)
+    print(result.summary())
+    assert result.blank == [] and result.wrong == [], result.summary()
+    assert len(result.outcomes) == len(refused) + len(load.rest_cases("x"))
+    assert load.is_blank(None) and load.is_blank(" ") and not load.is_blank("empty.jpg is empty (0 bytes)")
+
+
+def test_page_events_without_their_click_get_a_message_or_change_nothing(running):
+    """The page's click events sent through the queue without the click's event data, as any client can."""
+    result = load.send_hostile(running.url, [])
+    print(result.summary())
+    assert result.blank == [], result.summary()
 
 
 def test_stopping_the_app_deletes_every_file_and_folder_it_wrote(running, jobs, gradio_dir):
@@ -201,3 +236,33 @@ def test_grad_cam_passes_never_record_another_requests_forward_pass(tiny_models)
             stop.set()
             thread.join(60)
     assert others, "the other requests never ran"
+
+
+def test_scorecam_runs_keep_to_their_limit_and_refusals_recover(small_models, tmp_path, monkeypatch):
+    """ScoreCAM at every layer against a 1 s limit with an estimate far too low, as on a machine busier than when it
+    was measured (accepted runs took 2.4-2.75 times the limit): the limit itself stops them, and a slow run's
+    estimate fades (here in seconds, not minutes) instead of refusing ScoreCAM until a restart."""
+    per_copy = 4 * SMALL_SIDE**2 * (scorecam.FORWARD_FLOATS_PER_PIXEL + scorecam.MASK_FLOATS_PER_PIXEL)
+    monkeypatch.setattr(scorecam, "MASKED_BATCH_BYTES", 16 * per_copy)  # batches as small as at 224 px
+    masks = scorecam.BoundedScoreCAM._masks
+
+    def slower_masks(*args):  # every batch 50 ms slower than the estimate knows
+        time.sleep(0.05)
+        return masks(*args)
+
+    monkeypatch.setattr(scorecam.BoundedScoreCAM, "_masks", slower_masks)
+    monkeypatch.setattr(studio_module, "SLOW_HALF_LIFE", 1.0)
+    studio = Studio(small_models, examples_dir=None, slow_seconds=1.0)
+    studio.forward_seconds = 1e-6  # the fastest forward pass seen, which every estimate starts from
+    photo, fresh = tmp_path / "photo.png", tmp_path / "fresh.png"
+    random_image(21, (96, 72)).save(photo)
+    random_image(22, (96, 72)).save(fresh)
+    with serve(studio, ExportFolder(tmp_path / "exports")) as served:
+        result = load.run_scorecam_limits(served.url, photo, fresh, limit=1.0, wait=30.0, retry=0.5)
+    print(result.summary())
+    assert result.problems == [], result.summary()
+    assert [run.layer for run in result.runs] == ["layer1", "layer2", "layer3", "layer4"]
+    assert all(run.accepted for run in result.runs), result.summary()  # no estimate refused them
+    # 32 and 64 batches of at least 50 ms each: the limit stopped these
+    assert [run.outcome for run in result.runs[2:]] == ["stopped", "stopped"], result.summary()
+    assert all("after" in run.message and "channels" in run.message for run in result.runs[2:]), result.summary()

@@ -19,21 +19,11 @@ from cbam_viz.cam import scorecam
 from cbam_viz.cam.engine import METHODS, run_models
 from cbam_viz.cam.scorecam import BoundedScoreCAM, Cancelled, OverTime, RunControl, masked_batch_size
 from cbam_viz.errors import CbamVizError
-from cbam_viz.io.checkpoints import LoadedModel, load_pair
 from cbam_viz.nn.resnet import build_model
-from tests.conftest import make_checkpoint, random_image
+from tests.conftest import SMALL_SIDE as SIDE
+from tests.conftest import random_image
 
-SIDE = 32  # the small models' input side
 BATCH = 50  # masked copies per batch in the tests that set the budget with `small_batches`
-
-
-@pytest.fixture(scope="module")
-def small_models(tmp_path_factory) -> dict[str, LoadedModel]:
-    """A ResNet18 pair at 32 px: 64 channels at layer1, 128 at layer2, per model."""
-    root = tmp_path_factory.mktemp("small")
-    paths = [make_checkpoint(root / f"{arch}.safetensors", arch, seed, input_size=SIDE)
-             for seed, arch in enumerate(("resnet18", "resnet18-cbam"))]  # fmt: skip
-    return load_pair(*paths)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,6 +65,13 @@ class IdleTrim:
                 self.trims += idle
             if idle:
                 self._malloc_trim(0)
+
+    def collect(self) -> None:
+        """A full garbage collection, then the heaps' free pages back to the system: for memory that only a
+        reference cycle kept."""
+        gc.collect()
+        if self._malloc_trim is not None:
+            self._malloc_trim(0)
 
 
 IDLE_TRIM = IdleTrim()  # the one the app's request handlers share

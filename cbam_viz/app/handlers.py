@@ -53,6 +53,13 @@ def warn(err: CbamVizError) -> None:
     gr.Warning(html.escape(str(err), quote=False))
 
 
+def selection(evt: gr.EventData | None) -> tuple[Any, Any]:
+    """The (index, value) of a select event, (None, None) where the request sent no event data. The handlers take
+    gr.EventData, not gr.SelectData: Gradio builds a SelectData before the handler runs and fails on missing data."""
+    data = getattr(evt, "_data", None)
+    return (data.get("index"), data.get("value")) if isinstance(data, dict) else (None, None)
+
+
 class Handlers:
     """What the page's events and the API endpoints call, for one studio; figures go to `exports`.
 
@@ -252,12 +259,13 @@ class Handlers:
         return str(png), [str(png), str(pdf)]
 
     @user_errors
-    def click_corner(self, image, corner, evt: gr.SelectData = None):
+    def click_corner(self, image, corner, evt: gr.EventData = None):
         """A click on the localization preview: the box's first corner, or with the second one the box itself."""
-        if evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) < 2:
+        index, _ = selection(evt)
+        if not isinstance(index, (list, tuple)) or len(index) < 2:
             raise CbamVizError("a corner comes from a click on the localization preview: send the click's position")
         analysis = self.studio.base(self.require(image))
-        x, y = (round(float(v) / analysis.scale, 1) for v in evt.index[:2])
+        x, y = (round(float(v) / analysis.scale, 1) for v in index[:2])
         if not corner:
             return [x, y], gr.skip(), f"First corner at ({x:g}, {y:g}): now click the opposite corner."
         box = (corner[0], corner[1], x, y)
@@ -268,19 +276,18 @@ class Handlers:
         """No corner clicked, no box, no hint."""
         return None, "", ""
 
-    def pick_example(self, evt: gr.SelectData = None):
+    def pick_example(self, evt: gr.EventData = None):
         """A click on an example: its picture (Gradio's cached copy, in the upload folder) becomes the image."""
-        value = evt.value if evt is not None and isinstance(evt.value, dict) else {}
-        image = value.get("image")
+        _, value = selection(evt)
+        image = value.get("image") if isinstance(value, dict) else None
         path = image.get("path") if isinstance(image, dict) else None
         try:
             return path if path and check_upload({"path": path}, self.uploads) else gr.skip()
         except CbamVizError:
             return gr.skip()
 
-    def pick_target(self, evt: gr.SelectData = None):
+    def pick_target(self, evt: gr.EventData = None):
         """A click on a top-5 entry makes its class the target of both models."""
-        if evt is None:
-            return gr.skip()
-        value = evt.value.get("label") if isinstance(evt.value, dict) else evt.value
-        return value if value in self.studio.class_names else gr.skip()
+        _, value = selection(evt)
+        value = value.get("label") if isinstance(value, dict) else value
+        return value if isinstance(value, str) and value in self.studio.class_names else gr.skip()

@@ -134,8 +134,13 @@ class RequestBounds:
         except Exception:
             if state["refused"] is None:
                 raise
-        if state["refused"] is not None and not state["started"]:
-            await self._refuse(scope, send, state["refused"])
+        if state["refused"] is not None:
+            if not state["started"]:
+                await self._refuse(scope, send, state["refused"])
+            # the chunks the app read before the refusal stay in a reference cycle (its exception for the
+            # disconnect holds them in its traceback) until a full collection, which allocations of bytes
+            # alone do not trigger
+            await asyncio.to_thread(IDLE_TRIM.collect)
 
     @staticmethod
     def _too_large(upload: bool, limit: float) -> str:
