@@ -88,7 +88,8 @@ def test_compare_tool_lists_and_answers_like_the_library(mcp_server, image_serve
     assert tool.description.startswith("Grad-CAM (or another CAM method) of ResNet50 and CBAM-ResNet50")
     schema = tool.inputSchema
     assert schema["required"] == ["image"]
-    assert list(schema["properties"]) == ["image", "target", "method", "layer", "opacity", "colormap", "box"]
+    assert list(schema["properties"]) == ["image", "target", "method", "layer", "opacity", "colormap", "box",
+                                           "attention_effects"]
     assert all(p["description"] for p in schema["properties"].values())  # from compare's Args: section
     assert "data: URL" in schema["properties"]["image"]["description"]
 
