@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-pair": ("cbam_viz.train.pair", "train ResNet50 and CBAM-ResNet50 by the published recipe, resumably"),
     "eval": ("cbam_viz.eval.cli", "accuracy and Grad-CAM localization of checkpoints on stamp scenes or photos"),
     "familiarity": ("cbam_viz.familiarity.cli", "fit a checkpoint's familiarity detector, or measure every detector"),
+    "cards": ("cbam_viz.cards.cli", "measure every CAM method on the bundled models and write their saliency cards"),
 }
 
 
