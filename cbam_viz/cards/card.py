@@ -169,8 +169,8 @@ def render_card(method: str, key: str, report: dict) -> str:
     data = report["data"]
     lines = [
         f"# {METHODS[method].label} Saliency Card: {model['name']}",
-        (f"{METHODS[method].label} is {info.summary}. On {model['name']} (`{model['checkpoint']}`) it "
-        f"**{VERDICTS[measured['judgement']]}**."),
+        (f"{METHODS[method].label} is {info.summary}. Verdict on {model['name']} (`{model['checkpoint']}`): "
+         f"**{VERDICTS[measured['judgement']]}**."),
         "",
         *methodology(method, report),
         *efficiency_and_directness(method, measured, report),
