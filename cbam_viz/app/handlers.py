@@ -108,12 +108,12 @@ class Handlers:
         """
         source = self.require(image)
         method, layer, opacity, colormap = check_controls(method, layer, opacity, colormap)
-        with_effects = check_flag("attention_effects", attention_effects)
+        with_effects, box = check_flag("attention_effects", attention_effects), parse_box(box)
         analysis = self.studio.analyse(source, target, method, layer)
-        localization = self.studio.localize(analysis, parse_box(box))
+        localization = self.studio.localize(analysis, box)
         scores = scores_json(analysis, localization)
         if with_effects:
-            effects = self.studio.attention_effects(source, target, parse_box(box))
+            effects = self.studio.attention_effects(source, target, box)
             scores["attention_effects"] = effects_json(effects, self.studio.models["cbam"].meta)
         return (
             served(heatmap_overlay(analysis, "baseline", opacity, colormap), download_name(analysis, "baseline")),

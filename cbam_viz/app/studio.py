@@ -360,13 +360,12 @@ class Studio:
         """What knocking out each stage's spatial gate, channel gate and both does to CBAM-ResNet50's answer for
         `target` and to its layer4 Grad-CAM, with pointing and energy against the box or an example's mask:
         computed once, cached."""
-        target = normalise_target(target)
-        shown, base = self._base_entry(source)
-        index = self.target_index("cbam", target, base["cbam"])
+        analysis = self.base(source)
+        index = self.target_index("cbam", normalise_target(target), analysis.results["cbam"])
         loaded = self.models["cbam"]
 
         def compute() -> ImageEffects:
-            localization = self.localize(Analysis(source, shown, dict(base), TOP1, DEFAULT_METHOD, DEFAULT_LAYER), box)
+            localization = self.localize(analysis, box)
             self._count(1)
             with self._fast:
                 x = preprocess([source.image], loaded.meta).to(loaded.device)
